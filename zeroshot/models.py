@@ -1,0 +1,383 @@
+"""Resolve and load CLIP models with open_clip: architecture names, pretrained tags, ``hf-hub:``
+ids, local checkpoint files; device and precision; fast, actionable errors when weights are missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import logging
+import os
+import pickle
+import socket
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlparse
+
+import torch
+
+from .errors import ModelLoadError, UsageError
+
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "openai"
+HF_HUB_PREFIX = "hf-hub:"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+_PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
+
+
+@dataclass
+class LoadedModel:
+    """An open_clip model in eval mode with everything needed to run it."""
+
+    model: torch.nn.Module
+    tokenizer: Callable
+    preprocess: Callable
+    name: str
+    pretrained: str
+    weights_id: str
+    device: torch.device
+    precision: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale.detach().float().cpu()
+
+    @property
+    def logit_bias(self) -> torch.Tensor | None:
+        bias = getattr(self.model, "logit_bias", None)
+        return None if bias is None else bias.detach().float().cpu()
+
+    @property
+    def uses_sigmoid(self) -> bool:
+        """SigLIP-style models (with a learned logit bias) score labels independently."""
+        return self.logit_bias is not None
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.tokenizer, "context_length", 77))
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed-precision context for forward passes (a no-op for fp32)."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.precision])
+
+
+# ----------------------------------------------------------------------------- device/precision
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then CPU; explicit devices are checked to exist."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UsageError(f"--device {spec!r} is not one of auto, cpu, cuda, cuda:N, mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {spec}: CUDA is not available here; use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(
+                f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) visible"
+            )
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise UsageError(f"--device {spec}: Apple MPS is not available here; use --device cpu")
+    elif device.type != "cpu":
+        raise UsageError(f"--device {spec!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    return device
+
+
+def resolve_precision(spec: str, device: torch.device) -> str:
+    """``auto``: fp32 on CPU; bf16 (or fp16 where bf16 is unsupported) autocast on GPUs."""
+    spec = (spec or "auto").strip().lower()
+    if spec not in PRECISIONS:
+        raise UsageError(f"--precision {spec!r} is not one of {', '.join(PRECISIONS)}")
+    if spec == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if device.type == "mps":
+            return "fp16"
+        return "fp32"
+    if spec == "fp16" and device.type == "cpu":
+        raise UsageError("--precision fp16 needs a GPU; on CPU use fp32 (default) or bf16")
+    return spec
+
+
+# ------------------------------------------------------------------------------ name resolution
+
+
+def register_model_configs(paths: str | None = None) -> None:
+    """Register extra open_clip model configs (JSON files or folders) from ``ZEROSHOT_MODEL_CONFIGS``."""
+    import open_clip
+
+    paths = paths if paths is not None else os.environ.get("ZEROSHOT_MODEL_CONFIGS", "")
+    for entry in filter(None, paths.split(os.pathsep)):
+        if not Path(entry).exists():
+            raise UsageError(f"ZEROSHOT_MODEL_CONFIGS: {entry} does not exist")
+        open_clip.add_model_config(entry)
+
+
+def canonical_arch(name: str) -> str:
+    """An open_clip architecture name, accepting ``ViT-B/32`` spelling; unknown names suggest matches."""
+    import open_clip
+
+    cleaned = name.strip().replace("/", "-")
+    known = open_clip.list_models()
+    if cleaned in known:
+        return cleaned
+    lowered = {m.lower(): m for m in known}
+    if cleaned.lower() in lowered:
+        return lowered[cleaned.lower()]
+    close = difflib.get_close_matches(cleaned, known, n=4, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; `zeroshot models` lists them"
+    raise UsageError(f"--model {name!r} is not a known open_clip architecture{hint}")
+
+
+def is_checkpoint_path(pretrained: str) -> bool:
+    return Path(pretrained).expanduser().is_file() or pretrained.lower().endswith(CHECKPOINT_SUFFIXES)
+
+
+def file_identity(path: Path) -> str:
+    """A cheap identity for a weights file: resolved path, size and modification time."""
+    stat = path.stat()
+    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _hf_cached_file(repo_id: str, filename: str) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id=repo_id, filename=filename)
+    return found if isinstance(found, str) else None
+
+
+def _tag_weights_candidates(cfg: dict) -> list[tuple[str, str]]:
+    """(repo_id, filename) pairs a pretrained tag may be stored as on the Hugging Face hub."""
+    from open_clip.pretrained import _get_safe_alternatives
+
+    hub = cfg.get("hf_hub", "")
+    if not hub:
+        return []
+    repo_id, filename = os.path.split(hub)
+    filename = filename or "open_clip_pytorch_model.bin"
+    names = list(_get_safe_alternatives(filename)) + [filename]
+    return [(repo_id, name) for name in names]
+
+
+def cached_tag_weights(arch: str, tag: str) -> str | None:
+    """Path of the weights of ``arch``/``tag`` when already in the local cache, else None."""
+    from open_clip.pretrained import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(arch, tag)
+    if not cfg:
+        return None
+    if "file" in cfg and Path(cfg["file"]).is_file():
+        return cfg["file"]
+    for repo_id, filename in _tag_weights_candidates(cfg):
+        found = _hf_cached_file(repo_id, filename)
+        if found:
+            return found
+    url = cfg.get("url", "")
+    if url:
+        legacy = Path("~/.cache/clip").expanduser() / os.path.basename(url)
+        if legacy.is_file():
+            return str(legacy)
+    return None
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect to the hub, so a machine without network fails in seconds, not minutes."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _missing_weights_error(what: str) -> ModelLoadError:
+    hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
+    why = "HF_HUB_OFFLINE is set" if _offline() else "the Hugging Face hub cannot be reached"
+    return ModelLoadError(
+        f"weights for {what} are not in the local cache ({hf_home}/hub) and {why}; "
+        "pass a local checkpoint with --pretrained FILE, or download them on a machine with "
+        "network and copy the cache (or set HF_HOME to it)"
+    )
+
+
+def _ensure_downloadable(what: str, cached: bool) -> None:
+    if cached:
+        return
+    if _offline() or not _hub_reachable():
+        raise _missing_weights_error(what)
+
+
+# ------------------------------------------------------------------------------------- loading
+
+
+def _unanimous_tag_preprocess(arch: str) -> dict[str, Any]:
+    """Preprocessing shared by every pretrained tag of ``arch`` (kept for local files, open_clip #1068)."""
+    from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
+
+    cfgs = [get_pretrained_cfg(arch, t) for t in list_pretrained_tags_by_model(arch)]
+    shared: dict[str, Any] = {}
+    for key in _PREPROCESS_KEYS:
+        values = {repr(c.get(key)) for c in cfgs}
+        if cfgs and len(values) == 1 and cfgs[0].get(key) is not None:
+            shared[key] = cfgs[0][key]
+    return shared
+
+
+def _preprocess_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
+    names = {"mean": "image_mean", "std": "image_std", "interpolation": "image_interpolation",
+             "resize_mode": "image_resize_mode"}
+    return {names[k]: v for k, v in cfg.items() if k in names and v is not None}
+
+
+def describe_load_failure(err: BaseException, source: str) -> str:
+    """Turn torch/open_clip/safetensors load failures into one line."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    message = str(err)
+    if "Weights only load failed" in message or "Unsupported global" in message:
+        return (f"{source}: refusing to load: the file holds Python objects, not plain tensors "
+                "(unsafe pickle); convert it to a state dict or .safetensors")
+    if isinstance(err, (EOFError, zipfile.BadZipFile, pickle.UnpicklingError)) or any(
+        s in message for s in ("failed finding central directory", "PytorchStreamReader", "unexpected EOF",
+                               "incomplete metadata", "Error while deserializing", "invalid load key",
+                               "HeaderTooLarge", "MetadataIncompleteBuffer")
+    ):
+        return f"{source}: not a readable checkpoint: truncated or corrupt ({text[:120]}); download it again"
+    if "Missing key(s)" in str(err) or "Unexpected key(s)" in str(err) or "size mismatch" in str(err):
+        return f"{source}: the checkpoint does not fit this architecture ({text[:200]}); check --model"
+    if isinstance(err, (AttributeError, TypeError, StopIteration, KeyError)):
+        return f"{source}: not a model state dict ({type(err).__name__}: {text[:150]})"
+    return f"{source}: cannot load checkpoint ({type(err).__name__}: {text[:200]})"
+
+
+def load_model(
+    model: str = DEFAULT_MODEL,
+    pretrained: str | None = DEFAULT_PRETRAINED,
+    device: str | torch.device = "auto",
+    precision: str = "auto",
+) -> LoadedModel:
+    """Load an open_clip model with its tokenizer and inference preprocessing, ready to run.
+
+    ``model`` is an architecture (``ViT-B-32``) or ``hf-hub:org/name``; ``pretrained`` is a tag
+    (``openai``), a local checkpoint file, or empty for random weights (testing only).
+    """
+    import open_clip
+
+    register_model_configs()
+    torch_device = device if isinstance(device, torch.device) else resolve_device(device)
+    resolved_precision = resolve_precision(precision, torch_device)
+    kwargs: dict[str, Any] = {}
+    pretrained = (pretrained or "").strip()
+
+    if model.startswith(HF_HUB_PREFIX):
+        repo_id = model[len(HF_HUB_PREFIX):]
+        arch, source = model, f"--model {model}"
+        cached = _hf_cached_file(repo_id, "open_clip_config.json") is not None
+        _ensure_downloadable(model, cached)
+        create_args: tuple = (model, None)
+        weights_id = model
+        shown_pretrained = ""
+    else:
+        arch = canonical_arch(model)
+        if not pretrained:
+            create_args, weights_id, source = (arch, None), "random-init", "--pretrained"
+        elif Path(pretrained).expanduser().is_file():
+            path = Path(pretrained).expanduser()
+            kwargs.update(_preprocess_kwargs(_unanimous_tag_preprocess(arch)))
+            create_args, weights_id, source = (arch, str(path)), file_identity(path), f"--pretrained {path}"
+        elif is_checkpoint_path(pretrained):
+            raise UsageError(f"--pretrained {pretrained}: file not found")
+        else:
+            from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
+
+            cfg = get_pretrained_cfg(arch, pretrained)
+            if not cfg:
+                tags = list_pretrained_tags_by_model(arch)
+                close = difflib.get_close_matches(pretrained, tags, n=3, cutoff=0.5)
+                hint = f"did you mean {', '.join(close)}? " if close else ""
+                known = ", ".join(tags) if tags else "none (pass a checkpoint file)"
+                raise UsageError(
+                    f"--pretrained {pretrained!r} is neither a file nor a tag of {arch}; {hint}"
+                    f"tags: {known}"
+                )
+            cached_path = cached_tag_weights(arch, pretrained)
+            _ensure_downloadable(f"{arch} ({pretrained})", cached_path is not None)
+            if cfg.get("quick_gelu") and not open_clip.get_model_config(arch).get("quick_gelu"):
+                kwargs["force_quick_gelu"] = True  # open_clip only warns; the mismatch costs accuracy
+            create_args, source = (arch, pretrained), f"--model {arch} --pretrained {pretrained}"
+            weights_id = f"{arch}:{pretrained}:" + (file_identity(Path(cached_path)) if cached_path else "hub")
+        shown_pretrained = pretrained
+
+    try:
+        logging.disable(logging.WARNING)  # open_clip logs through the root logger; we report ourselves
+        net, _, preprocess = open_clip.create_model_and_transforms(
+            *create_args, device="cpu", weights_only=True, **kwargs
+        )
+        tokenizer = open_clip.get_tokenizer(arch if not arch.startswith(HF_HUB_PREFIX) else model)
+    except (UsageError, ModelLoadError):
+        raise
+    except FileNotFoundError as err:
+        raise ModelLoadError(f"{source}: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # noqa: BLE001 - every loader failure becomes one line
+        if "Failed to download" in str(err) or "HF Hub" in str(err):
+            raise _missing_weights_error(source) from None
+        raise ModelLoadError(describe_load_failure(err, source)) from None
+    finally:
+        logging.disable(logging.NOTSET)
+
+    net = net.to(torch_device).eval()
+    for param in net.parameters():
+        param.requires_grad_(False)
+    return LoadedModel(
+        model=net,
+        tokenizer=tokenizer,
+        preprocess=preprocess,
+        name=model if model.startswith(HF_HUB_PREFIX) else arch,
+        pretrained=shown_pretrained,
+        weights_id=weights_id,
+        device=torch_device,
+        precision=resolved_precision,
+    )
+
+
+# ------------------------------------------------------------------------------------- listing
+
+
+@dataclass(frozen=True)
+class PretrainedEntry:
+    arch: str
+    tag: str
+    cached: bool
+
+
+def list_pretrained_models(cached_only: bool = False) -> list[PretrainedEntry]:
+    """Every (architecture, tag) open_clip knows, marking those whose weights are cached locally."""
+    import open_clip
+
+    register_model_configs()
+    entries = [
+        PretrainedEntry(arch, tag, cached_tag_weights(arch, tag) is not None)
+        for arch, tag in open_clip.list_pretrained()
+    ]
+    return [e for e in entries if e.cached] if cached_only else entries

@@ -1,0 +1,236 @@
+"""Text side: prompts -> text embeddings -> one normalised weight vector per class, cached on disk.
+
+The CLIP text tower uses a causal mask and pools at the end-of-text token, so padding after that
+token cannot change the result. We therefore run each batch only as long as its longest real
+prompt (prompts sorted by length), which is exact to float tolerance and several times faster than
+padding everything to the full context. Towers where this does not hold (no causal mask, other
+pooling, SigLIP-style custom text towers) run the ordinary full-length forward.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .errors import ZeroshotWarning
+from .models import LoadedModel
+from .prompts import fill
+from .scoring import normalize
+
+Progress = Callable[[int, int], None]  # (done, total)
+CACHE_FORMAT = 1
+
+
+class LabelTruncatedWarning(ZeroshotWarning):
+    """A prompt is longer than the text tower's context and was cut by the tokenizer."""
+
+
+# --------------------------------------------------------------------------------- text tower
+
+
+def supports_trimming(model: torch.nn.Module) -> bool:
+    """True for open_clip ``CLIP`` text towers with a causal mask and end-of-text pooling."""
+    from open_clip.model import CLIP
+
+    return (
+        isinstance(model, CLIP)
+        and getattr(model, "attn_mask", None) is not None
+        and getattr(model, "text_pool_type", "argmax") == "argmax"
+    )
+
+
+def _encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``CLIP.encode_text`` on tokens cut to their longest real length (no padding computed)."""
+    from open_clip.transformer import text_global_pool
+
+    length = tokens.shape[1]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens, model.text_pool_type)
+    if model.text_projection is not None:
+        x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
+    return x
+
+
+def encode_prompts(
+    loaded: LoadedModel,
+    prompts: Sequence[str],
+    batch_size: int = 256,
+    progress: Progress | None = None,
+    trim: bool = True,
+) -> torch.Tensor:
+    """L2-normalised text embeddings ``[len(prompts), dim]`` (float32, on CPU), in input order."""
+    tokens = loaded.tokenizer(list(prompts))
+    trim = trim and supports_trimming(loaded.model)
+    lengths = (tokens != 0).sum(dim=1) if trim else torch.full((len(prompts),), tokens.shape[1])
+    order = torch.argsort(lengths, descending=True, stable=True)
+    out: torch.Tensor | None = None
+    checked = not trim
+    with torch.inference_mode(), loaded.autocast():
+        for start in range(0, len(prompts), batch_size):
+            index = order[start:start + batch_size]
+            batch = tokens[index].to(loaded.device)
+            if trim:
+                batch = batch[:, : int(lengths[index].max())]
+                features = _encode_text_trimmed(loaded.model, batch)
+                if not checked:
+                    trim = _trimming_agrees(loaded, tokens[index[:4]], features[:4])
+                    checked = True
+                    if not trim:
+                        features = loaded.model.encode_text(tokens[index].to(loaded.device))
+            else:
+                features = loaded.model.encode_text(tokens[index].to(loaded.device))
+            features = normalize(features.float()).cpu()
+            if out is None:
+                out = torch.empty(len(prompts), features.shape[1])
+            out[index] = features
+            if progress:
+                progress(min(start + batch_size, len(prompts)), len(prompts))
+    assert out is not None
+    return out
+
+
+def _trimming_agrees(loaded: LoadedModel, full_tokens: torch.Tensor, trimmed: torch.Tensor) -> bool:
+    """Safety net: the trimmed forward must match the full-context forward on a few prompts."""
+    reference = loaded.model.encode_text(full_tokens.to(loaded.device)).float()
+    cos = torch.nn.functional.cosine_similarity(reference, trimmed.float(), dim=-1)
+    return bool((cos > 0.9999).all())
+
+
+# -------------------------------------------------------------------------------- class weights
+
+
+def build_prompts(labels: Sequence[str], templates: Sequence[str]) -> list[str]:
+    """Every template filled with every label, label-major (label 0 x all templates, ...)."""
+    return [fill(t, label) for label in labels for t in templates]
+
+
+def build_class_weights(
+    loaded: LoadedModel,
+    labels: Sequence[str],
+    templates: Sequence[str],
+    batch_size: int = 256,
+    progress: Progress | None = None,
+    cache: "ClassWeightCache | None" = None,
+) -> torch.Tensor:
+    """Class weights ``[classes, dim]``: normalise each prompt embedding, average over the
+    templates of a class, normalise again (the CLIP paper's prompt ensemble)."""
+    key = cache.key(loaded, labels, templates) if cache else None
+    if cache and key:
+        hit = cache.get(key, labels)
+        if hit is not None:
+            return hit
+    warn_truncated(loaded, labels, templates)
+    features = encode_prompts(loaded, build_prompts(labels, templates), batch_size, progress)
+    weights = normalize(features.view(len(labels), len(templates), -1).mean(dim=1))
+    if cache and key:
+        cache.put(key, labels, weights)
+    return weights
+
+
+def token_count(tokenizer, text: str) -> int | None:
+    """Tokens a prompt needs including start/end markers (None if the tokenizer cannot say)."""
+    if hasattr(tokenizer, "encode") and hasattr(tokenizer, "sot_token_id"):
+        return len(tokenizer.encode(text)) + 2
+    inner = getattr(tokenizer, "tokenizer", None)
+    if inner is not None and callable(inner):
+        try:
+            return len(inner(text)["input_ids"])
+        except Exception:  # noqa: BLE001
+            return None
+    return None
+
+
+def warn_truncated(loaded: LoadedModel, labels: Sequence[str], templates: Sequence[str]) -> list[str]:
+    """Warn once per label whose longest prompt exceeds the context length; return those labels."""
+    limit = loaded.context_length
+    longest = max(templates, key=len)
+    cut = []
+    for label in labels:
+        count = token_count(loaded.tokenizer, fill(longest, label))
+        if count is not None and count > limit:
+            cut.append(label)
+    if cut:
+        shown = ", ".join(repr(c[:40]) for c in cut[:3]) + (f" and {len(cut) - 3} more" if len(cut) > 3 else "")
+        warnings.warn(
+            f"{len(cut)} label(s) are longer than the model's {limit}-token context and will be "
+            f"cut: {shown}; shorten them",
+            LabelTruncatedWarning,
+            stacklevel=3,
+        )
+    return cut
+
+
+# ------------------------------------------------------------------------------------- caching
+
+
+def default_cache_dir() -> Path:
+    """``$ZEROSHOT_CACHE_DIR``, else the platform's user cache folder (e.g. ~/.cache/zeroshot)."""
+    env = os.environ.get("ZEROSHOT_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("zeroshot", appauthor=False))
+
+
+class ClassWeightCache:
+    """Class weights on disk, keyed by everything that determines them."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = Path(directory) if directory else default_cache_dir() / "class-weights"
+
+    def key(self, loaded: LoadedModel, labels: Sequence[str], templates: Sequence[str]) -> str:
+        import open_clip
+
+        identity = {
+            "format": CACHE_FORMAT,
+            "model": loaded.name,
+            "weights": loaded.weights_id,
+            "labels": list(labels),
+            "templates": list(templates),
+            "precision": loaded.precision,
+            "device": loaded.device.type,
+            "torch": torch.__version__,
+            "open_clip": open_clip.__version__,
+            "zeroshot": __version__,
+        }
+        blob = json.dumps(identity, ensure_ascii=False, sort_keys=True).encode("utf-8")
+        return hashlib.sha256(blob).hexdigest()[:32]
+
+    def path(self, key: str) -> Path:
+        return self.directory / f"{key}.pt"
+
+    def get(self, key: str, labels: Sequence[str]) -> torch.Tensor | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+            weights = entry["weights"]
+            if list(entry["labels"]) != list(labels) or weights.shape[0] != len(labels):
+                return None
+            return weights
+        except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt, never fatal
+            return None
+
+    def put(self, key: str, labels: Sequence[str], weights: torch.Tensor) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+            with os.fdopen(fd, "wb") as handle:
+                torch.save({"weights": weights.contiguous(), "labels": list(labels)}, handle)
+            os.replace(tmp, self.path(key))
+        except OSError as err:
+            warnings.warn(f"could not write class-weight cache in {self.directory}: {err}", stacklevel=2)
