@@ -254,3 +254,7 @@ def templates_show(
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="zeroshot")
+
+
+# Sub-commands that live in their own modules register themselves on ``app``.
+from . import cli_eval  # noqa: E402,F401
