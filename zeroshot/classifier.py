@@ -70,9 +70,10 @@ class ZeroShotClassifier:
         cache: bool | str | os.PathLike = True,
         text_batch_size: int = 256,
         text_progress: Progress | None = None,
+        allow_duplicate_labels: bool = False,
     ) -> None:
         self.loaded = model if isinstance(model, LoadedModel) else load_model(model, pretrained, device, precision)
-        self.labels = validate_labels(list(labels), "labels")
+        self.labels = validate_labels(list(labels), "labels", allow_duplicates=allow_duplicate_labels)
         self.template_set = _as_template_set(templates)
         self.cache = None if cache is False else ClassWeightCache(None if cache is True else Path(cache))
         self.class_weights = build_class_weights(

@@ -104,7 +104,8 @@ def _load_classifier(labels, templates, model, pretrained, device, precision, no
             bar.update(task, completed=done, total=total)
 
         return ZeroShotClassifier(
-            labels, templates, model=loaded, cache=not no_cache, text_progress=advance
+            labels, templates, model=loaded, cache=not no_cache, text_progress=advance,
+            allow_duplicate_labels=True,  # already validated by resolve_labels
         )
 
 

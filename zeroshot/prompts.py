@@ -151,7 +151,8 @@ def resolve_templates(spec: str) -> TemplateSet:
 # -------------------------------------------------------------------------------------- labels
 
 
-def validate_labels(labels: list[str], source: str) -> tuple[str, ...]:
+def validate_labels(labels: list[str], source: str, allow_duplicates: bool = False) -> tuple[str, ...]:
+    """Strip labels; empty or (unless ``allow_duplicates``) repeated labels are errors."""
     cleaned = [label.strip() for label in labels]
     if any(not label for label in cleaned):
         raise UsageError(f"empty label in {source}; remove it")
@@ -159,7 +160,7 @@ def validate_labels(labels: list[str], source: str) -> tuple[str, ...]:
         raise UsageError(f"no labels in {source}; give at least two")
     seen: set[str] = set()
     dupes = [label for label in cleaned if label in seen or seen.add(label)]
-    if dupes:
+    if dupes and not allow_duplicates:
         raise UsageError(f"duplicate label {dupes[0]!r} in {source}; each label must be unique")
     if len(cleaned) == 1:
         warnings.warn(
@@ -177,6 +178,7 @@ def resolve_labels(
     """Labels from ``--labels`` (a file or a built-in class set) plus ``--label`` values."""
     collected: list[str] = []
     sources = []
+    builtin_only = False
     if labels_file:
         builtin = labels_file.strip().lower()
         path = Path(labels_file).expanduser()
@@ -186,6 +188,7 @@ def resolve_labels(
         else:
             collected += load_builtin("classes", builtin)
             sources.append(f"built-in class set {builtin!r}")
+            builtin_only = not inline  # curated sets may name two classes alike (ImageNet's 'missile')
     if inline:
         collected += list(inline)
         sources.append("--label")
@@ -193,4 +196,4 @@ def resolve_labels(
         raise UsageError(
             "no labels given: use --labels FILE, --labels imagenet|cifar10|cifar100, or -l LABEL"
         )
-    return validate_labels(collected, " + ".join(sources))
+    return validate_labels(collected, " + ".join(sources), allow_duplicates=builtin_only)
