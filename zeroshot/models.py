@@ -258,13 +258,15 @@ def describe_load_failure(err: BaseException, source: str) -> str:
     if "Weights only load failed" in message or "Unsupported global" in message:
         return (f"{source}: refusing to load: the file holds Python objects, not plain tensors "
                 "(unsafe pickle); convert it to a state dict or .safetensors")
-    if isinstance(err, (EOFError, zipfile.BadZipFile, pickle.UnpicklingError)) or any(
+    if isinstance(err, (EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError)) or any(
         s in message for s in ("failed finding central directory", "PytorchStreamReader", "unexpected EOF",
                                "incomplete metadata", "Error while deserializing", "invalid load key",
                                "HeaderTooLarge", "MetadataIncompleteBuffer")
     ):
         return f"{source}: not a readable checkpoint: truncated or corrupt ({text[:120]}); download it again"
-    if "Missing key(s)" in str(err) or "Unexpected key(s)" in str(err) or "size mismatch" in str(err):
+    if isinstance(err, AssertionError) or any(
+        s in message for s in ("Missing key(s)", "Unexpected key(s)", "size mismatch", "shape")
+    ):
         return f"{source}: the checkpoint does not fit this architecture ({text[:200]}); check --model"
     if isinstance(err, (AttributeError, TypeError, StopIteration, KeyError)):
         return f"{source}: not a model state dict ({type(err).__name__}: {text[:150]})"
