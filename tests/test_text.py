@@ -1,0 +1,81 @@
+"""Text side: the length-trimmed text tower is exact, class weights match open_clip, cache works."""
+
+from __future__ import annotations
+
+import open_clip
+import pytest
+import torch
+
+import zeroshot.text as text_mod
+from zeroshot.prompts import resolve_templates
+from zeroshot.text import (
+    ClassWeightCache,
+    LabelTruncatedWarning,
+    build_class_weights,
+    encode_prompts,
+    supports_trimming,
+)
+
+LABELS = ["tench", "goldfish", "great white shark", "a label with several more words in it"]
+
+
+def test_trimmed_text_tower_matches_full_context(tiny_loaded):
+    prompts = [t.replace("{}", label) for label in LABELS for t in resolve_templates("80").templates]
+    assert supports_trimming(tiny_loaded.model)
+    fast = encode_prompts(tiny_loaded, prompts, batch_size=64)
+    slow = encode_prompts(tiny_loaded, prompts, batch_size=64, trim=False)
+    assert torch.allclose(fast, slow, atol=1e-6)
+
+
+def test_class_weights_equal_open_clip_build_zero_shot_classifier(tiny_loaded):
+    templates = resolve_templates("80").templates
+    ours = build_class_weights(tiny_loaded, LABELS, templates, batch_size=100)
+    reference = open_clip.build_zero_shot_classifier(
+        tiny_loaded.model, tiny_loaded.tokenizer, LABELS, list(templates), num_classes_per_batch=2
+    )
+    assert ours.shape == (len(LABELS), reference.shape[0])
+    assert (ours - reference.T).abs().max().item() < 1e-5
+
+
+def test_second_build_is_served_from_cache_without_the_text_tower(tiny_loaded, tmp_path, monkeypatch):
+    cache = ClassWeightCache(tmp_path / "cw")
+    templates = resolve_templates("7").templates
+    first = build_class_weights(tiny_loaded, LABELS, templates, cache=cache)
+    assert len(list((tmp_path / "cw").glob("*.pt"))) == 1
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the text tower ran although the class weights were cached")
+
+    monkeypatch.setattr(text_mod, "encode_prompts", forbidden)
+    monkeypatch.setattr(tiny_loaded.model, "encode_text", forbidden)
+    second = build_class_weights(tiny_loaded, LABELS, templates, cache=cache)
+    assert torch.equal(first, second)
+
+
+def test_cache_key_changes_with_everything_that_matters(tiny_loaded, tmp_path):
+    cache = ClassWeightCache(tmp_path)
+    t7, t1 = resolve_templates("7").templates, resolve_templates("1").templates
+    base = cache.key(tiny_loaded, LABELS, t7)
+    assert base == cache.key(tiny_loaded, list(LABELS), list(t7))
+    assert base != cache.key(tiny_loaded, LABELS[::-1], t7)
+    assert base != cache.key(tiny_loaded, LABELS, t1)
+    other = type(tiny_loaded)(**{**tiny_loaded.__dict__, "weights_id": "other-file"})
+    assert base != cache.key(other, LABELS, t7)
+    bf16 = type(tiny_loaded)(**{**tiny_loaded.__dict__, "precision": "bf16"})
+    assert base != cache.key(bf16, LABELS, t7)
+
+
+def test_corrupt_cache_entry_is_rebuilt(tiny_loaded, tmp_path):
+    cache = ClassWeightCache(tmp_path)
+    templates = resolve_templates("1").templates
+    key = cache.key(tiny_loaded, LABELS, templates)
+    tmp_path.joinpath(f"{key}.pt").write_bytes(b"garbage")
+    weights = build_class_weights(tiny_loaded, LABELS, templates, cache=cache)
+    assert weights.shape[0] == len(LABELS)
+    assert cache.get(key, LABELS) is not None
+
+
+def test_long_label_warns_about_truncation(tiny_loaded):
+    long_label = " ".join(["word"] * 90)
+    with pytest.warns(LabelTruncatedWarning, match="77-token context"):
+        build_class_weights(tiny_loaded, ["cat", long_label], ("a photo of a {}.",))
