@@ -23,3 +23,15 @@ __all__ = [
     "build_class_weights", "discover", "encode_prompts", "list_pretrained_models", "load_model",
     "open_image", "resolve_labels", "resolve_templates", "to_dataframe", "write_predictions",
 ]
+
+# ``zeroshot.evaluate`` stays the module; its ``evaluate()`` is exported as ``evaluate_dataset``.
+from .evaluate import (  # noqa: E402
+    EvalDataset,
+    EvalResult,
+    Metrics,
+    compute_metrics,
+    load_dataset,
+)
+from .evaluate import evaluate as evaluate_dataset  # noqa: E402
+
+__all__ += ["EvalDataset", "EvalResult", "Metrics", "compute_metrics", "evaluate_dataset", "load_dataset"]

@@ -1,3 +1,212 @@
-"""``zeroshot eval``: zero-shot accuracy on labelled datasets (registered on the main app)."""
+"""``zeroshot eval``: zero-shot accuracy on labelled datasets (registered on the main app).
+
+Options in, :mod:`zeroshot.evaluate` calls, rendering out; the metrics table is the command's
+data (stdout), progress, skipped images and the summary go to stderr.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .cli import (
+    INPUT_PANEL,
+    OUTPUT_PANEL,
+    PROMPT_PANEL,
+    BatchOpt,
+    DeviceOpt,
+    ModelOpt,
+    NoCacheOpt,
+    Precision,
+    PrecisionOpt,
+    PretrainedOpt,
+    QuietOpt,
+    WorkersOpt,
+    app,
+)
+from .console import EXIT_PARTIAL, cli_errors, printable, progress_bar, rate_text, say, stderr
+from .errors import UsageError
+from .images import DEFAULT_MAX_PIXELS
+from .models import DEFAULT_MODEL, DEFAULT_PRETRAINED
+
+DATASET_PANEL = "Dataset"
+
+
+class DatasetName(str, Enum):
+    imagenet = "imagenet"
+    cifar10 = "cifar10"
+    cifar100 = "cifar100"
+    folder = "folder"
+    csv = "csv"
+
+
+EvalTemplatesOpt = Annotated[Optional[list[str]], typer.Option("--templates", "-t", rich_help_panel=PROMPT_PANEL,
+    help="Template set to score (repeatable: every set is scored against the same image embeddings). Built-in set "
+         "(80/openai-80, 7/openai-7, 1/photo, none, cifar), a file, or one template with {}. "
+         "Default: openai-80 (cifar for CIFAR).")]
+
+
+def _check_output(option: str, path: Optional[Path]) -> None:
+    if path is not None and not (path.parent if str(path.parent) else Path(".")).is_dir():
+        raise UsageError(f"{option} {path}: folder {path.parent} does not exist")
+
+
+def _location(dataset: DatasetName, path: Optional[str], root: Optional[str]) -> str:
+    if path and root and Path(path).expanduser() != Path(root).expanduser():
+        raise UsageError(f"give the dataset location once: PATH {path!r} or --root {root!r}, not both")
+    where = path or root
+    if not where:
+        example = "PATH" if dataset in (DatasetName.folder, DatasetName.csv) else "--root DIR"
+        raise UsageError(f"eval {dataset.value}: say where the dataset is: zeroshot eval {dataset.value} {example}")
+    return where
+
+
+def _percent(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}"
+
+
+def _print_table(result) -> None:
+    header = ("template set", "templates", "top-1", "top-5", "mean per-class recall")
+    rows = [(r.templates, str(r.num_templates), _percent(r.acc1), _percent(r.acc5), _percent(r.mean_per_class_recall))
+            for r in result.results]
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*header, show_edge=False, header_style="bold",
+                      caption=f"{result.dataset}: {result.num_images} images, {len(result.classnames)} classes, "
+                              f"{result.model} ({result.pretrained or 'random init'}); accuracy in %")
+        for column in table.columns[1:]:
+            column.justify = "right"
+        for row in rows:
+            table.add_row(*row)
+        Console(highlight=False).print(table)
+    else:
+        typer.echo("\t".join(header))
+        for row in rows:
+            typer.echo("\t".join(printable(c) for c in row))
+
+
+@app.command("eval")
+def eval_command(
+    dataset: Annotated[DatasetName, typer.Argument(show_default=False,
+        help="imagenet (ImageNet-1k val, wnid folders), cifar10, cifar100, folder (class = sub-folder), csv (path,label manifest).")],
+    path: Annotated[Optional[str], typer.Argument(metavar="PATH", show_default=False,
+        help="Dataset location: the folder (imagenet, cifar, folder) or the manifest file (csv). Same as --root.")] = None,
+    root: Annotated[Optional[str], typer.Option("--root", "-r", rich_help_panel=DATASET_PANEL,
+        help="Dataset location (alternative to PATH).")] = None,
+    classnames: Annotated[Optional[Path], typer.Option("--classnames", rich_help_panel=DATASET_PANEL, dir_okay=False,
+        help="folder/csv: file mapping folder (or label) -> class name, 'key,name' per line or a JSON object; "
+             "every class listed competes.")] = None,
+    download: Annotated[bool, typer.Option("--download", rich_help_panel=DATASET_PANEL,
+        help="cifar10/cifar100: download the dataset into --root if it is not there.")] = False,
+    limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, rich_help_panel=DATASET_PANEL,
+        help="Evaluate only the first N images of every class (quick runs).")] = None,
+    hidden: Annotated[bool, typer.Option("--hidden", rich_help_panel=INPUT_PANEL,
+        help="Include dot-files and dot-folders (skipped by default).")] = False,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, rich_help_panel=INPUT_PANEL,
+        help="Skip (and count as wrong) images with more pixels than this.")] = DEFAULT_MAX_PIXELS,
+    fast_decode: Annotated[bool, typer.Option("--fast-decode", rich_help_panel=INPUT_PANEL,
+        help="Decode large JPEGs at reduced scale (faster; not bit-exact with the model's preprocessing).")] = False,
+    labels: Annotated[Optional[str], typer.Option("--labels", "-L", rich_help_panel=PROMPT_PANEL,
+        help="Override the class names: a file with one label per class, in class-index order, or a built-in class set.")] = None,
+    templates: EvalTemplatesOpt = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = Precision.auto,
+    batch_size: BatchOpt = None,
+    workers: WorkersOpt = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", rich_help_panel=OUTPUT_PANEL, dir_okay=False,
+        help="Write the results JSON here (CLIP_benchmark keys plus every template set, counts, skipped images).")] = None,
+    predictions: Annotated[Optional[Path], typer.Option("--predictions", rich_help_panel=OUTPUT_PANEL, dir_okay=False,
+        help="Per image: path, true label, predicted label, score, correct (.csv, .tsv or .jsonl).")] = None,
+    per_class: Annotated[Optional[Path], typer.Option("--per-class", rich_help_panel=OUTPUT_PANEL, dir_okay=False,
+        help="Per-class accuracy, worst first (.csv, .tsv or .jsonl).")] = None,
+    raw_csv: Annotated[bool, typer.Option("--raw-csv", rich_help_panel=OUTPUT_PANEL,
+        help="Do not neutralise spreadsheet formulas (cells starting with = + - @) in CSV/TSV.")] = False,
+    no_cache: NoCacheOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Zero-shot accuracy (top-1, top-5, mean per-class recall) of a model on a labelled dataset,
+    for one or several template sets in one pass over the images."""
+    from .evaluate import DEFAULT_TEMPLATES, evaluate, load_dataset, write_json, write_rows
+    from .models import load_model
+    from .prompts import resolve_labels, resolve_templates
+
+    with cli_errors(quiet):
+        where = _location(dataset, path, root)
+        if classnames is not None and dataset not in (DatasetName.folder, DatasetName.csv):
+            raise UsageError(f"--classnames is for folder and csv datasets; {dataset.value} has its own class names (use --labels to override)")
+        if download and dataset not in (DatasetName.cifar10, DatasetName.cifar100):
+            raise UsageError(f"--download is only for cifar10 and cifar100; put the {dataset.value} data in place yourself")
+        for option, target in (("--output", output), ("--predictions", predictions), ("--per-class", per_class)):
+            _check_output(option, target)
+        template_sets = [resolve_templates(t) for t in (templates or [DEFAULT_TEMPLATES[dataset.value]])]
+        data = load_dataset(dataset.value, where, classnames=classnames, download=download, include_hidden=hidden)
+        if labels:
+            data = data.with_classnames(resolve_labels(labels), f"--labels {labels}")
+        data = data.limit(limit)
+
+        status = stderr.status(f"loading {model} ({pretrained or 'random init'})", spinner="dots") \
+            if not quiet and stderr.is_terminal else contextlib.nullcontext()
+        with status:
+            loaded = load_model(model, pretrained, device, precision.value)
+        say(f"evaluating {len(data)} images, {len(data.classnames)} classes, "
+            f"{len(template_sets)} template set(s) on {loaded.device} ({loaded.precision})", quiet)
+
+        with progress_bar(quiet) as bar:
+            text_tasks: dict[str, int] = {}
+            image_task = None
+            image_started = time.perf_counter()
+
+            def text_progress(name: str, done: int, total: int) -> None:
+                if name not in text_tasks:
+                    text_tasks[name] = bar.add_task(f"prompts {name}", total=total, rate="")
+                bar.update(text_tasks[name], completed=done, total=total)
+
+            def image_progress(done: int, total: int) -> None:
+                nonlocal image_task, image_started
+                if image_task is None:
+                    image_task = bar.add_task("images", total=total, rate="")
+                    image_started = time.perf_counter()
+                bar.update(image_task, completed=done, rate=rate_text(done, time.perf_counter() - image_started))
+
+            def skip(image: str, reason: str) -> None:
+                if not quiet:
+                    bar.console.print(f"skipping {printable(image)}: {printable(reason)}", markup=False, highlight=False)
+
+            result = evaluate(
+                loaded, data, template_sets, batch_size=batch_size, workers=workers, cache=not no_cache,
+                max_pixels=max_pixels, exact_preprocess=not fast_decode,
+                on_text_progress=text_progress, on_image_progress=image_progress, on_skip=skip,
+            )
+
+        _print_table(result)
+        written = []
+        if output is not None:
+            write_json(result, output)
+            written.append(str(output))
+        if predictions is not None:
+            write_rows(result.prediction_rows(), predictions, safe_csv=not raw_csv)
+            written.append(str(predictions))
+        if per_class is not None:
+            write_rows(result.per_class_rows(), per_class, safe_csv=not raw_csv)
+            written.append(str(per_class))
+
+        loaded_count = int(result.loaded.sum())
+        summary = (f"evaluated {result.num_images} images ({len(result.classnames)} classes) in {result.seconds:.1f}s "
+                   f"(images {rate_text(loaded_count, result.image_seconds) or '-'})")
+        if result.skipped:
+            summary += f"; skipped {len(result.skipped)} unreadable image(s), counted as wrong"
+        if written:
+            summary += f"; wrote {', '.join(printable(w) for w in written)}"
+        say(summary, quiet)
+    if result.skipped:
+        raise typer.Exit(EXIT_PARTIAL)
