@@ -190,6 +190,21 @@ def test_imagenet_subset_scores_against_true_wnid_class(tmp_path, tiny_loaded, m
     assert rows[2]["true_label"] == names[-1] and rows[2]["correct"]
 
 
+def test_cli_imagenet_subset(tmp_path, tiny_ckpt):
+    for k, wnid in enumerate(["n01443537", "n15075141"]):
+        for j in range(2):
+            make_image(tmp_path / "in" / wnid / f"ILSVRC2012_val_{k}{j}.JPEG", (90 * k, 50 * j, 200), fmt="PNG")
+    out, preds = tmp_path / "r.json", tmp_path / "p.csv"
+    result = run("eval", "imagenet", "--root", str(tmp_path / "in"), "-t", "photo", "--limit", "1",
+                 "-o", str(out), "--predictions", str(preds), *tiny_args(tiny_ckpt))
+    assert result.exit_code == 0, result.output
+    body = json.loads(out.read_text())
+    assert body["dataset"] == "imagenet1k" and body["classes"] == 1000
+    assert (body["images"], body["classes_with_images"]) == (2, 2)
+    with open(preds, newline="", encoding="utf-8") as f:
+        assert [r["true_label"] for r in csv.DictReader(f)] == ["goldfish", load_builtin("classes", "imagenet")[-1]]
+
+
 def test_imagenet_layout_errors(tmp_path):
     make_image(tmp_path / "in" / "val" / "n01440764" / "a.png")
     make_image(tmp_path / "in" / "val" / "dogs" / "b.png")

@@ -19,10 +19,12 @@ file can never raise the accuracy) and reported in :attr:`EvalResult.skipped`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -366,7 +368,8 @@ def cifar_dataset(name: str, root: str | os.PathLike, download: bool = False) ->
         raise UsageError(f"--root {root}: not a folder")
     where = f"{root / cls.base_folder}"
     try:
-        data = cls(str(root), train=False, download=download)
+        with contextlib.redirect_stdout(sys.stderr):  # torchvision prints download messages; stdout is data
+            data = cls(str(root), train=False, download=download)
     except RuntimeError as err:
         if "not found or corrupted" not in str(err):
             raise
