@@ -90,13 +90,17 @@ def _root(
     """Zero-shot image classification with CLIP models."""
 
 
-def _load_classifier(labels, templates, model, pretrained, device, precision, no_cache, quiet):
-    """Load the model and build the class weights, with a spinner and a text progress bar."""
+def _load_classifier(labels, templates, model, pretrained, device, precision, no_cache, quiet, check=None):
+    """Load the model and build the class weights, with a spinner and a text progress bar.
+
+    ``check(loaded)`` runs between the two (e.g. to refuse a --resume before encoding prompts)."""
     from .classifier import ZeroShotClassifier
     from .models import load_model
 
     with stderr.status(f"loading {model} ({pretrained or 'random init'})", spinner="dots") if not quiet and stderr.is_terminal else _null():
         loaded = load_model(model, pretrained, device, precision)
+    if check is not None:
+        check(loaded)
     with progress_bar(quiet) as bar:
         task = bar.add_task("encoding prompts", total=None, rate="")
 
@@ -142,6 +146,9 @@ def classify(
         help="auto: from --output's extension, else a table on a terminal and CSV when piped.")] = OutputFormat.auto,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", rich_help_panel=OUTPUT_PANEL, dir_okay=False,
         help="Write here (atomically) instead of stdout.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", rich_help_panel=OUTPUT_PANEL,
+        help="Continue an interrupted run writing the same --output: rows already done are kept, the rest "
+             "classified. Refused when model, weights, labels or templates changed.")] = False,
     raw_csv: Annotated[bool, typer.Option("--raw-csv", rich_help_panel=OUTPUT_PANEL,
         help="Do not neutralise spreadsheet formulas (cells starting with = + - @) in CSV/TSV.")] = False,
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", rich_help_panel=INPUT_PANEL,
@@ -159,7 +166,10 @@ def classify(
     from .output import choose_format, write_predictions
     from .prompts import resolve_labels, resolve_templates
 
+    session = _Session(quiet)
     with cli_errors(quiet):
+        if resume and output is None:
+            raise UsageError("--resume needs --output FILE: the file the interrupted run was writing")
         label_set = resolve_labels(labels, label)
         template_set = resolve_templates(templates)
         fmt = choose_format(output_format.value, output, sys.stdout.isatty())
@@ -170,35 +180,134 @@ def classify(
             exts = " ".join(sorted(IMAGE_EXTENSIONS))
             why = f" ({printable(found.problems[0][0])}: {found.problems[0][1]})" if found.problems else ""
             raise UsageError(f"found 0 images in {', '.join(inputs)}{why}; supported extensions are {exts}")
-        clf = _load_classifier(label_set, template_set, model, pretrained, device, precision.value, no_cache, quiet)
+
+        def open_journal(loaded) -> None:
+            if output is not None:
+                from .resume import fingerprint
+
+                fp = fingerprint(loaded.name, loaded.weights_id, label_set, template_set.templates,
+                                 top_k, min_score, unknown_label)
+                session.open_journal(output, fp, resume, len(found.sources) + len(found.problems))
+
+        clf = _load_classifier(label_set, template_set, model, pretrained, device, precision.value, no_cache, quiet,
+                               check=open_journal)
+        if output is None:
+            _stdout_keeps_raw_names()
 
         with progress_bar(quiet) as bar:
             task = bar.add_task("classifying", total=len(found.sources) + len(found.problems), rate="")
+            if session.done:
+                bar.update(task, total=len(found.sources) + len(found.problems) - len(session.done))
 
             def advance(done: int, total: int) -> None:
+                session.sync()
                 bar.update(task, completed=done, rate=rate_text(clf.last_run.classified, clf.last_run.seconds))
 
             def report(pred):
                 if pred.error is not None:
                     bar.console.print(f"skipping {printable(pred.path)}: {printable(pred.error)}", markup=False, highlight=False)
+                session.record(pred)
                 return pred
 
-            predictions = (report(p) for p in clf.classify_paths(
+            fresh = (report(p) for p in clf.classify_paths(
                 found, top_k=top_k, min_score=min_score, unknown_label=unknown_label,
                 batch_size=batch_size, workers=workers, max_pixels=max_pixels,
                 exact_preprocess=exact_preprocess, on_progress=advance,
+                skip=(session.done.__contains__ if session.done else None),
             ))
-            write_predictions(predictions, fmt, top_k=top_k, output=output, safe_csv=not raw_csv)
+            order = [path for path, _ in found.problems] + [source.path for source in found.sources]
+            try:
+                write_predictions(session.merged(order, fresh), fmt, top_k=top_k, output=output, safe_csv=not raw_csv)
+            except KeyboardInterrupt:
+                session.interrupted(output)
+                raise
+            except BaseException:
+                session.close()
+                raise
+        session.finished()
 
         stats = clf.last_run
         summary = f"classified {stats.classified} of {stats.total} images in {stats.seconds:.1f}s ({rate_text(stats.classified, stats.seconds) or '-'})"
-        if stats.skipped:
-            summary += f"; skipped {stats.skipped} (see 'skipping' lines and the error column)"
+        if session.done:
+            summary += f"; {len(session.done)} rows kept from the interrupted run"
+        if session.skipped:
+            summary += f"; skipped {session.skipped} (see 'skipping' lines and the error column)"
         if output is not None:
             summary += f"; wrote {output}"
         say(summary, quiet)
-    if stats.skipped:
+    if session.skipped:
         raise typer.Exit(EXIT_PARTIAL)
+
+
+def _stdout_keeps_raw_names() -> None:
+    """File names that are not valid UTF-8 go to stdout as their original bytes (not a crash)."""
+    try:
+        sys.stdout.reconfigure(errors="surrogateescape")
+    except (AttributeError, ValueError, OSError):
+        pass
+
+
+class _Session:
+    """The journal side of a ``classify --output`` run (see :mod:`zeroshot.resume`)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.journal = None
+        self.done: dict = {}
+        self.skipped = 0
+
+    def open_journal(self, output: Path, fp: dict, resume: bool, inputs: int) -> None:
+        from .resume import Journal, check_resumable, journal_path, read_journal, remove_stale_temporaries
+
+        path = journal_path(output)
+        if path.exists():
+            state = read_journal(path) if resume else None
+            if state is not None:
+                check_resumable(state, fp, output)
+                self.journal = Journal.reopen(path, state)
+                self.done = state.rows
+                torn = f" (dropped {state.dropped} torn row{'s' if state.dropped != 1 else ''})" if state.dropped else ""
+                say(f"resuming {output}: {len(state.rows)} of {inputs} inputs already done{torn}", self.quiet)
+            else:
+                say(f"note: starting over; an unfinished run of {output} is discarded (use --resume to continue it)",
+                    self.quiet)
+            remove_stale_temporaries(output)
+        elif resume:
+            say(f"note: no unfinished run of {output} to resume; classifying everything", self.quiet)
+        if self.journal is None:
+            self.journal = Journal.create(path, fp)
+
+    def record(self, pred) -> None:
+        if self.journal is not None:
+            self.journal.record(pred)
+
+    def sync(self) -> None:
+        if self.journal is not None:
+            self.journal.sync()
+
+    def merged(self, order, fresh):
+        from .resume import merge_in_order
+
+        rows = merge_in_order(order, self.done, fresh) if self.done else fresh
+        for pred in rows:
+            self.skipped += pred.error is not None
+            yield pred
+
+    def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
+
+    def interrupted(self, output: Path | None) -> None:
+        self.close()
+        if output is not None:
+            stderr.print(f"interrupted: finished rows are kept; rerun the same command with --resume to continue {printable(str(output))}",
+                         markup=False)
+
+    def finished(self) -> None:
+        if self.journal is not None:
+            self.journal.remove()
+            self.journal = None
 
 
 @app.command()

@@ -12,6 +12,7 @@ import os
 import re
 import stat
 import sys
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -122,6 +123,17 @@ class _Walker:
         elif explicit or has_image_extension(shown):
             self.add_file(shown, st)
 
+    @staticmethod
+    def _is_ancestor_link(link: str, folder: str) -> bool:
+        """A link to ``/``, ``..`` or any folder above ``folder``: following it would walk the
+        whole tree again (or the whole disk), so it is not followed."""
+        try:
+            target = os.path.realpath(link)
+            here = os.path.realpath(folder)
+        except (OSError, ValueError):
+            return True
+        return here == target or here.startswith(target.rstrip(os.sep) + os.sep)
+
     def walk(self, folder: str, st: os.stat_result, top: bool = False) -> None:
         identity = (st.st_dev, st.st_ino)
         if identity in self.seen_dirs:
@@ -144,7 +156,7 @@ class _Walker:
                     self.found.problems.append((shown, ImageError(NOT_FOUND, "broken link")))
                 continue
             if stat.S_ISDIR(entry_st.st_mode):
-                if self.recursive:
+                if self.recursive and not (entry.is_symlink() and self._is_ancestor_link(entry.path, folder)):
                     self.walk(shown, entry_st)
             elif has_image_extension(entry.name):
                 self.add_file(shown, entry_st)
@@ -221,57 +233,76 @@ def open_image(fs_path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft_
     ``max_pixels`` is checked from the header, before any pixel is decoded. ``draft_size`` lets
     JPEGs decode at a reduced scale (DCT scaling) as long as both sides stay >= that size.
     """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
     try:
-        st = os.stat(fs_path)
+        # O_NONBLOCK: a FIFO (or a file swapped for one since discovery) never blocks the open.
+        fd = os.open(fs_path, flags)
     except FileNotFoundError:
         raise ImageError(NOT_FOUND, "file disappeared before it was read") from None
+    except IsADirectoryError:
+        raise ImageError(NOT_A_FILE, "is a folder") from None
     except OSError as err:
         raise ImageError(UNREADABLE, err.strerror or str(err)) from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ImageError(NOT_A_FILE, "not a regular file")
-    if st.st_size == 0:
-        raise ImageError(EMPTY, "file is empty (0 bytes)")
     try:
-        handle = open(fs_path, "rb")
-    except OSError as err:
-        raise ImageError(UNREADABLE, err.strerror or str(err)) from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(NOT_A_FILE, "not a regular file (FIFO, device or socket)")
+        if st.st_size == 0:
+            raise ImageError(EMPTY, "file is empty (0 bytes)")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        handle = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
     with handle:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                saved_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-                try:
-                    img = Image.open(handle)
-                finally:
-                    Image.MAX_IMAGE_PIXELS = saved_limit
-                width, height = img.size
-                if max_pixels and width * height > max_pixels:
-                    raise ImageError(TOO_LARGE, f"{width}x{height} pixels exceeds --max-pixels {max_pixels}")
-                if width < 1 or height < 1:
-                    raise ImageError(DECODE_ERROR, f"degenerate size {width}x{height}")
-                if draft_size and img.format == "JPEG":
-                    img.draft("RGB", (draft_size, draft_size))
-                img.load()
+        return _decode(handle, fs_path, max_pixels, draft_size)
+
+
+def _decode(handle: IO[bytes], fs_path: str, max_pixels: int | None, draft_size: int | None) -> Image.Image:
+    saved_limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # Our own limit is checked below from the header; Pillow's (which raises an error
+            # that is not an OSError) is off for the whole decode so --max-pixels can raise it.
+            Image.MAX_IMAGE_PIXELS = None
+            img = Image.open(handle)
+            width, height = img.size
+            if max_pixels and width * height > max_pixels:
+                raise ImageError(TOO_LARGE, f"{width}x{height} pixels exceeds --max-pixels {max_pixels}")
+            if width < 1 or height < 1:
+                raise ImageError(DECODE_ERROR, f"degenerate size {width}x{height}")
+            if draft_size and img.format == "JPEG":
+                img.draft("RGB", (draft_size, draft_size))
+            img.load()  # the first frame of an animation
+            try:
                 img = ImageOps.exif_transpose(img) or img
-                return to_rgb(img)
-        except ImageError:
-            raise
-        except UnidentifiedImageError:
-            hint = _sniff_unsupported(fs_path)
-            if hint:
-                raise ImageError(UNSUPPORTED, hint) from None
-            raise ImageError(NOT_AN_IMAGE, "not a recognised image format") from None
-        except Image.DecompressionBombError as err:
-            raise ImageError(TOO_LARGE, str(err).split(" could")[0]) from None
-        except MemoryError:
-            raise ImageError(TOO_LARGE, "out of memory while decoding") from None
-        except OSError as err:
-            text = str(err)
-            if "truncated" in text or "broken data stream" in text or "premature end" in text.lower():
-                raise ImageError(TRUNCATED, text) from None
-            raise ImageError(DECODE_ERROR, text or type(err).__name__) from None
-        except Exception as err:  # noqa: BLE001 - any decoder failure is one skipped file
-            raise ImageError(DECODE_ERROR, f"{type(err).__name__}: {err}") from None
+            except Exception:  # noqa: BLE001 - a malformed EXIF block: keep the image as stored
+                pass
+            return to_rgb(img)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        hint = _sniff_unsupported(fs_path)
+        if hint:
+            raise ImageError(UNSUPPORTED, hint) from None
+        raise ImageError(NOT_AN_IMAGE, "not a recognised image format") from None
+    except Image.DecompressionBombError as err:
+        raise ImageError(TOO_LARGE, str(err).split(" could")[0]) from None
+    except MemoryError:
+        raise ImageError(TOO_LARGE, "out of memory while decoding") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        text = str(err) or type(err).__name__
+        lowered = text.lower()
+        if any(s in lowered for s in ("truncated", "broken data stream", "premature end", "unexpected end",
+                                      "end of file", "not enough data", "buffer is not large enough")):
+            raise ImageError(TRUNCATED, text) from None
+        raise ImageError(DECODE_ERROR, text) from None
+    except Exception as err:  # noqa: BLE001 - any decoder failure is one skipped file
+        raise ImageError(DECODE_ERROR, f"{type(err).__name__}: {err}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved_limit
 
 
 # ------------------------------------------------------------------------------ preprocessing
@@ -293,9 +324,20 @@ class Preprocessor:
             self.mean = torch.tensor(steps[-1].mean, dtype=torch.float32).view(1, -1, 1, 1)
             self.std = torch.tensor(steps[-1].std, dtype=torch.float32).view(1, -1, 1, 1)
         self.input_size = _input_size(steps)
+        # Resize(shorter side) then CenterCrop keeps only the central square, so a strip like
+        # 20x100000 may be cut to a bounded aspect before resizing: same pixels, bounded memory.
+        self.crop_extremes = (
+            len(steps) >= 2
+            and type(steps[0]).__name__ == "Resize"
+            and isinstance(getattr(steps[0], "size", None), (int, list, tuple))
+            and (isinstance(steps[0].size, int) or len(steps[0].size) == 1)
+            and type(steps[1]).__name__ == "CenterCrop"
+        )
 
     def pixels(self, img: Image.Image) -> torch.Tensor:
         """Worker side: uint8 ``[3, H, W]`` after resize/crop (or the full float transform)."""
+        if self.crop_extremes:
+            img = crop_extreme_aspect(img)
         if not self.split:
             return self.transform(img)
         for step in self.pil_steps:
@@ -309,6 +351,26 @@ class Preprocessor:
             return batch
         mean, std = self.mean.to(device), self.std.to(device)
         return batch.float().div_(255).sub_(mean).div_(std)
+
+
+MAX_ASPECT = 4
+_POLL_SECONDS = 2.0  # how often a waiting loader checks that its workers are alive
+
+
+def crop_extreme_aspect(img: Image.Image, max_aspect: int = MAX_ASPECT) -> Image.Image:
+    """Central part of an image longer than ``max_aspect`` times its width (or the reverse).
+
+    Only used before "resize the shorter side, then centre-crop", which discards everything
+    outside the central square anyway; without it a 1x100000 strip is upscaled to gigabytes.
+    """
+    width, height = img.size
+    short, long = min(width, height), max(width, height)
+    if long <= max_aspect * short:
+        return img
+    keep = max_aspect * short
+    start = (long - keep) // 2
+    box = (start, 0, start + keep, height) if width > height else (0, start, width, start + keep)
+    return img.crop(box)
 
 
 def _input_size(steps: list) -> int | None:
@@ -372,6 +434,61 @@ def default_workers(device: torch.device) -> int:
     return max(1, min(cores, 32))
 
 
+def _keep_sigchld_default() -> None:
+    """torch installs a SIGCHLD handler that raises "worker exited unexpectedly" *anywhere* in
+    the main thread (even inside the model's forward pass). Without it a dead worker is still
+    noticed, by the loader itself, within a few seconds, where :func:`iterate_batches` handles it."""
+    try:
+        from torch.utils.data._utils import signal_handling
+    except ImportError:  # pragma: no cover - private module moved
+        return
+    if hasattr(signal_handling, "_SIGCHLD_handler_set"):
+        signal_handling._SIGCHLD_handler_set = True
+
+
+def _load(dataset: ImageDataset, plan: list[list[int]], workers: int, pin_memory: bool,
+          timeout: float) -> Iterator[Batch]:
+    """One DataLoader over ``plan``. It polls every few seconds, so a dead worker is noticed
+    within seconds; a batch that takes longer than ``timeout`` in all raises "timed out"."""
+    poll = min(timeout, _POLL_SECONDS) if timeout and timeout > 0 else _POLL_SECONDS
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=plan,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        worker_init_fn=_worker_init,
+        prefetch_factor=4,
+        timeout=poll,
+    )
+    iterator = iter(loader)
+    try:
+        while True:
+            started = time.monotonic()
+            while True:
+                try:
+                    batch = next(iterator)
+                    break
+                except StopIteration:
+                    return
+                except RuntimeError as err:
+                    # A poll expired: keep waiting unless the real limit is spent (no limit: forever).
+                    if "timed out" in str(err) and (not timeout or time.monotonic() - started < timeout):
+                        continue
+                    raise
+            yield batch
+    finally:
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()  # terminates a hung worker now rather than at garbage collection
+
+
+def _failure_reason(err: BaseException, timeout: float) -> str:
+    if "timed out" in str(err):
+        return f"{WORKER_FAILED}: decoding did not finish within {timeout:g}s (worker hung; killed)"
+    return f"{WORKER_FAILED}: the decoding process died (crashed or was killed) on this file"
+
+
 def iterate_batches(
     dataset: ImageDataset,
     batch_size: int,
@@ -379,31 +496,44 @@ def iterate_batches(
     pin_memory: bool = False,
     timeout: float = 0,
 ) -> Iterator[Batch]:
-    """Batches in order. A worker that dies or hangs (past ``timeout`` seconds) costs only its
-    batch, reported as ``worker_failed``; loading restarts with the next batch."""
+    """Batches in order. Decoding runs in ``workers`` processes so that a decoder that crashes
+    or hangs (past ``timeout`` seconds) cannot take the run down: the loader is restarted, the
+    batch that was due is decoded again one file per process, and only the files that crash or
+    hang again are reported as ``worker_failed``. With ``workers=0`` decoding is in-process."""
     n = len(dataset)
     plan = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
     if workers <= 0:
         for indices in plan:
             yield collate([dataset[i] for i in indices])
         return
+    _keep_sigchld_default()
     position = 0
     while position < len(plan):
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_sampler=plan[position:],
-            num_workers=workers,
-            collate_fn=collate,
-            pin_memory=pin_memory,
-            worker_init_fn=_worker_init,
-            prefetch_factor=4,
-            timeout=timeout,
-        )
         try:
-            for batch in loader:
+            for batch in _load(dataset, plan[position:], workers, pin_memory, timeout):
                 position += 1
                 yield batch
         except RuntimeError as err:
-            reason = "decoder timed out" if "timed out" in str(err) else "decoder process died"
-            yield Batch([], None, [(i, f"{WORKER_FAILED}: {reason}") for i in plan[position]])
+            if "DataLoader" not in str(err) and "worker" not in str(err):
+                raise
+            yield _isolate(dataset, plan[position], pin_memory, timeout, _failure_reason(err, timeout))
             position += 1
+
+
+def _isolate(dataset: ImageDataset, indices: list[int], pin_memory: bool, timeout: float, reason: str) -> Batch:
+    """Decode each file of a failed batch in its own process: the culprit fails alone."""
+    items: list[tuple[int, torch.Tensor | None, str | None]] = []
+    for index in indices:
+        single = _load(dataset, [[index]], 1, False, timeout)
+        try:
+            batch = next(single)
+        except RuntimeError as err:
+            items.append((index, None, _failure_reason(err, timeout) if "DataLoader" in str(err) else reason))
+            continue
+        finally:
+            single.close()
+        if batch.errors:
+            items.append((index, None, batch.errors[0][1]))
+        else:
+            items.append((index, batch.pixels[0], None))
+    return collate(items)

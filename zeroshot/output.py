@@ -116,22 +116,39 @@ class DelimitedWriter(Writer):
 
     def begin(self) -> None:
         self.csv = csv.writer(self.stream, delimiter=self.delimiter, lineterminator="\n")
+        # QUOTE_MINIMAL only quotes the line terminator's characters, so a lone CR in a name
+        # would be written bare and split the row when read back: such rows quote every cell.
+        self.csv_quoted = csv.writer(self.stream, delimiter=self.delimiter, lineterminator="\n",
+                                     quoting=csv.QUOTE_ALL)
         self.csv.writerow(columns(self.top_k))
 
     def write(self, pred: Prediction) -> None:
         cells = ["" if c is None else c for c in flat_row(pred, self.top_k)]
         if self.safe_csv:
             cells = [neutralize_formula(c) if isinstance(c, str) else c for c in cells]
-        self.csv.writerow(cells)
+        has_cr = any(isinstance(c, str) and "\r" in c for c in cells)
+        (self.csv_quoted if has_cr else self.csv).writerow(cells)
 
 
 class TsvWriter(DelimitedWriter):
     delimiter = "\t"
 
 
+def to_json(record: Any) -> str:
+    """JSON text, readable Unicode; names that are not valid Unicode (undecodable bytes in a
+    file name, kept by Python as lone surrogates) are written as ``\\udcXX`` escapes instead of
+    making the file invalid UTF-8."""
+    text = json.dumps(record, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(record, ensure_ascii=True)
+    return text
+
+
 class JsonlWriter(Writer):
     def write(self, pred: Prediction) -> None:
-        self.stream.write(json.dumps(pred.as_dict(), ensure_ascii=False) + "\n")
+        self.stream.write(to_json(pred.as_dict()) + "\n")
 
 
 class JsonWriter(Writer):
@@ -140,7 +157,7 @@ class JsonWriter(Writer):
         self.first = True
 
     def write(self, pred: Prediction) -> None:
-        self.stream.write(("\n" if self.first else ",\n") + json.dumps(pred.as_dict(), ensure_ascii=False))
+        self.stream.write(("\n" if self.first else ",\n") + to_json(pred.as_dict()))
         self.first = False
 
     def end(self) -> None:
@@ -247,7 +264,9 @@ def atomic_file(path: Path, binary: bool = False) -> Iterator[IO]:
     except OSError as err:
         raise OutputError(f"--output {path}: cannot write in {directory}: {err.strerror}") from None
     try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as handle:
+        # surrogateescape: a file name with bytes that are not UTF-8 is written back as those bytes.
+        text_args = {"encoding": "utf-8", "newline": "", "errors": "surrogateescape"}
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else text_args)) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
