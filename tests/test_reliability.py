@@ -480,7 +480,7 @@ def test_21_odd_names_round_trip_exactly(tmp_path, fmt):
         assert rows[-1]["error"] == preds[-1].error
     else:
         text = out.read_text(encoding="utf-8")  # strict: valid UTF-8 even for undecodable names
-        records = [json.loads(line) for line in text.splitlines()] if fmt == "jsonl" else json.loads(text)
+        records = [json.loads(line) for line in text.split("\n") if line] if fmt == "jsonl" else json.loads(text)
         assert [r["path"] for r in records] == [p.path for p in preds]
         assert records[0]["predictions"][0]["label"] == preds[0].label
 
