@@ -175,14 +175,14 @@ def test_imagenet_subset_scores_against_true_wnid_class(tmp_path, tiny_loaded, m
         assert list(labels) == names
         return base
 
-    encode = tiny_loaded.model.encode_image
+    encode = ev.encode_images
 
-    def counting(pixels, *a, **k):
+    def counting(loaded, pixels, *a, **k):
         calls["images"] += pixels.shape[0]
-        return encode(pixels, *a, **k)
+        return encode(loaded, pixels, *a, **k)
 
     monkeypatch.setattr(ev, "build_class_weights", fake_weights)
-    monkeypatch.setattr(tiny_loaded.model, "encode_image", counting)
+    monkeypatch.setattr(ev, "encode_images", counting)
     result = evaluate(tiny_loaded, data, ["photo", "openai-7", "none"], workers=0, cache=False)
     assert calls == {"text": 3, "images": 3}  # three template sets, each image encoded once
     assert [r.acc1 for r in result.results] == [1.0, 1.0, 1.0]

@@ -30,8 +30,9 @@ from .images import (
 from .models import DEFAULT_MODEL, DEFAULT_PRETRAINED, LoadedModel, load_model
 from .output import Prediction, to_dataframe
 from .prompts import TemplateSet, resolve_templates, validate_labels
-from .scoring import class_logits, normalize, probabilities, top_k
+from .scoring import class_logits, probabilities, top_k
 from .text import ClassWeightCache, Progress, build_class_weights
+from .vision import encode_images
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -94,9 +95,7 @@ class ZeroShotClassifier:
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalised image embeddings for a preprocessed batch ``[N, 3, H, W]``."""
-        with torch.inference_mode(), self.loaded.autocast():
-            features = self.loaded.model.encode_image(pixels.to(self.device, non_blocking=True))
-        return normalize(features.float())
+        return encode_images(self.loaded, pixels)
 
     def probabilities(self, features: torch.Tensor) -> torch.Tensor:
         """Per-label probabilities ``[N, labels]`` for normalised image embeddings."""

@@ -57,8 +57,9 @@ from .prompts import (
     validate_labels,
     validate_templates,
 )
-from .scoring import class_logits, normalize, probabilities
+from .scoring import class_logits, probabilities
 from .text import ClassWeightCache, build_class_weights
+from .vision import encode_images
 
 TASK = "zeroshot_classification"
 WNID_RE = re.compile(r"^n\d{8}$")
@@ -555,13 +556,6 @@ def _as_template_set(spec: str | TemplateSet | Sequence[str]) -> TemplateSet:
     if isinstance(spec, str):
         return resolve_templates(spec)
     return TemplateSet("custom", validate_templates(list(spec), "templates"))
-
-
-def encode_images(loaded: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
-    """Normalised float32 image embeddings for a preprocessed batch."""
-    with torch.inference_mode(), loaded.autocast():
-        features = loaded.model.encode_image(pixels.to(loaded.device, non_blocking=True))
-    return normalize(features.float())
 
 
 def score_features(

@@ -1,0 +1,80 @@
+"""Image side: preprocessed pixels -> normalised image embeddings.
+
+A CLIP vision transformer with class-token pooling only reads the class token after its last
+block. Every token still feeds the last block's attention as keys and values, but its queries,
+attention output, MLP and final norm are needed for the class token alone, so we compute them
+only for that row: about 1/13 less work for ViT-B/32 (more for short grids) and exact to float
+tolerance. Towers where this does not hold (average or attentional pooling, timm or ResNet
+towers, cross-attention blocks) run the ordinary ``encode_image``; the first batch of every
+model is checked against the ordinary forward and a disagreement switches the shortcut off.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .models import LoadedModel
+from .scoring import normalize
+
+_SHORTCUT = "class_token_shortcut"  # LoadedModel.extra: absent (unchecked), True (verified), False (off)
+
+
+def supports_class_token_shortcut(model: torch.nn.Module) -> bool:
+    """True for open_clip ``VisionTransformer`` towers pooled at the class token."""
+    from open_clip.model import CLIP, CustomTextCLIP
+    from open_clip.transformer import ResidualAttentionBlock, Transformer, VisionTransformer
+
+    if type(model).encode_image not in (CLIP.encode_image, CustomTextCLIP.encode_image):
+        return False
+    visual = getattr(model, "visual", None)
+    if type(visual) is not VisionTransformer or type(visual.transformer) is not Transformer:
+        return False
+    blocks = visual.transformer.resblocks
+    return (
+        visual.attn_pool is None
+        and visual.pool_type == "tok"
+        and not visual.output_tokens
+        and visual.transformer.batch_first
+        and len(blocks) > 0
+        and type(blocks[-1]) is ResidualAttentionBlock
+        and not hasattr(blocks[-1], "ln_1_kv")
+    )
+
+
+def _encode_image_class_token(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """``model.encode_image`` with the last block computed for the class token only."""
+    visual = model.visual
+    x = visual._embeds(pixels)
+    *blocks, last = visual.transformer.resblocks
+    for block in blocks:
+        x = block(x)
+    keys = last.ln_1(x)
+    cls = x[:, :1] + last.ls_1(last.attention(q_x=keys[:, :1], k_x=keys, v_x=keys))
+    cls = cls + last.ls_2(last.mlp(last.ln_2(cls)))
+    pooled, _ = visual._pool(cls)
+    return pooled @ visual.proj if visual.proj is not None else pooled
+
+
+def _shortcut_agrees(model: torch.nn.Module, pixels: torch.Tensor, fast: torch.Tensor) -> bool:
+    reference = model.encode_image(pixels).float()
+    cos = torch.nn.functional.cosine_similarity(reference, fast.float(), dim=-1)
+    return bool((cos > 0.99999).all())
+
+
+def encode_images(loaded: LoadedModel, pixels: torch.Tensor, shortcut: bool = True) -> torch.Tensor:
+    """L2-normalised float32 image embeddings ``[N, dim]`` for a preprocessed batch (on the
+    model's device). ``shortcut=False`` always runs the model's own ``encode_image``."""
+    model = loaded.model
+    verified = loaded.extra.get(_SHORTCUT)
+    use = shortcut and verified is not False and supports_class_token_shortcut(model)
+    with torch.inference_mode(), loaded.autocast():
+        pixels = pixels.to(loaded.device, non_blocking=True)
+        if not use:
+            features = model.encode_image(pixels)
+        else:
+            features = _encode_image_class_token(model, pixels)
+            if verified is None:
+                loaded.extra[_SHORTCUT] = _shortcut_agrees(model, pixels[:2], features[:2])
+                if not loaded.extra[_SHORTCUT]:
+                    features = model.encode_image(pixels)
+    return normalize(features.float())
