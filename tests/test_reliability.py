@@ -354,6 +354,24 @@ def test_15_16_dead_or_hung_worker_is_a_named_error(clf, tmp_path):
     assert sorted(good) == [i for i in range(12) if i not in (5, 9)]
 
 
+class _ReportsPriority(ImageDataset):
+    """Reports, as each item's error, the niceness and torch threads of the process decoding it."""
+
+    def __getitem__(self, index):
+        return index, None, f"nice={os.nice(0)} threads={torch.get_num_threads()}"
+
+
+@pytest.mark.parametrize("low_priority", [False, True])
+def test_decode_workers_single_threaded_and_niced_for_cpu_runs(clf, tmp_path, low_priority):
+    sources = discover([make_image(tmp_path / f"{i}.png", size=(8, 8)) for i in range(4)]).sources
+    dataset = _ReportsPriority(sources, clf.preprocessor, None, draft=True)
+    base = os.nice(0)
+    reports = {e for b in iterate_batches(dataset, batch_size=2, workers=2, low_priority=low_priority) for _, e in b.errors}
+    expected = min(19, base + 19) if low_priority else base
+    assert reports == {f"nice={expected} threads=1"}
+    assert os.nice(0) == base  # the main process keeps its priority
+
+
 def test_15_dead_worker_through_the_classifier(clf, tmp_path, monkeypatch):
     import zeroshot.classifier as classifier_module
 

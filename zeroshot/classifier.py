@@ -167,7 +167,8 @@ class ZeroShotClassifier:
         workers = min(workers, max(0, (len(sources) + batch_size - 1) // batch_size))
         dataset = ImageDataset(sources, self.preprocessor, max_pixels, draft=not exact_preprocess)
         batches = iterate_batches(dataset, batch_size, workers, pin_memory=self.device.type == "cuda",
-                                  timeout=decode_timeout if workers else 0)
+                                  timeout=decode_timeout if workers else 0,
+                                  low_priority=self.device.type == "cpu")
         for batch in batches:
             by_index: dict[int, Prediction] = {}
             for index, message in batch.errors:

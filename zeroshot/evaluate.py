@@ -693,7 +693,8 @@ def _encode_dataset(
     if on_progress:
         on_progress(done, n)
     batches = iterate_batches(items, batch_size, workers, pin_memory=loaded.device.type == "cuda",
-                              timeout=decode_timeout if workers else 0)
+                              timeout=decode_timeout if workers else 0,
+                              low_priority=loaded.device.type == "cpu")
     for batch in batches:
         for local, reason in batch.errors:
             failures[todo[local]] = reason

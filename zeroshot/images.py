@@ -7,6 +7,7 @@ skips dot-files unless asked, and never opens FIFOs or devices.
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import re
@@ -422,8 +423,19 @@ def collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> Batch:
     return Batch([i for i, _ in good], pixels, errors)
 
 
-def _worker_init(_: int) -> None:
+WORKER_NICENESS_ON_CPU = 19
+
+
+def _worker_init(_: int, niceness: int = 0) -> None:
+    """One thread per decode worker; on a CPU run the workers also yield to the model, which
+    needs every core: a decoder at normal priority stalls all of the model's threads (they
+    wait for each other at every operation) while it holds one core."""
     torch.set_num_threads(1)
+    if niceness:
+        try:
+            os.nice(niceness)
+        except OSError:  # pragma: no cover - not permitted: keep the normal priority
+            pass
 
 
 def default_workers(device: torch.device) -> int:
@@ -447,7 +459,7 @@ def _keep_sigchld_default() -> None:
 
 
 def _load(dataset: ImageDataset, plan: list[list[int]], workers: int, pin_memory: bool,
-          timeout: float) -> Iterator[Batch]:
+          timeout: float, niceness: int = 0) -> Iterator[Batch]:
     """One DataLoader over ``plan``. It polls every few seconds, so a dead worker is noticed
     within seconds; a batch that takes longer than ``timeout`` in all raises "timed out"."""
     poll = min(timeout, _POLL_SECONDS) if timeout and timeout > 0 else _POLL_SECONDS
@@ -457,7 +469,7 @@ def _load(dataset: ImageDataset, plan: list[list[int]], workers: int, pin_memory
         num_workers=workers,
         collate_fn=collate,
         pin_memory=pin_memory,
-        worker_init_fn=_worker_init,
+        worker_init_fn=functools.partial(_worker_init, niceness=niceness),
         prefetch_factor=4,
         timeout=poll,
     )
@@ -495,11 +507,14 @@ def iterate_batches(
     workers: int,
     pin_memory: bool = False,
     timeout: float = 0,
+    low_priority: bool = False,
 ) -> Iterator[Batch]:
     """Batches in order. Decoding runs in ``workers`` processes so that a decoder that crashes
     or hangs (past ``timeout`` seconds) cannot take the run down: the loader is restarted, the
     batch that was due is decoded again one file per process, and only the files that crash or
-    hang again are reported as ``worker_failed``. With ``workers=0`` decoding is in-process."""
+    hang again are reported as ``worker_failed``. With ``workers=0`` decoding is in-process.
+    ``low_priority`` runs the workers niced (for CPU inference, where the model needs the cores)."""
+    niceness = WORKER_NICENESS_ON_CPU if low_priority else 0
     n = len(dataset)
     plan = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
     if workers <= 0:
@@ -510,21 +525,22 @@ def iterate_batches(
     position = 0
     while position < len(plan):
         try:
-            for batch in _load(dataset, plan[position:], workers, pin_memory, timeout):
+            for batch in _load(dataset, plan[position:], workers, pin_memory, timeout, niceness):
                 position += 1
                 yield batch
         except RuntimeError as err:
             if "DataLoader" not in str(err) and "worker" not in str(err):
                 raise
-            yield _isolate(dataset, plan[position], pin_memory, timeout, _failure_reason(err, timeout))
+            yield _isolate(dataset, plan[position], pin_memory, timeout, _failure_reason(err, timeout), niceness)
             position += 1
 
 
-def _isolate(dataset: ImageDataset, indices: list[int], pin_memory: bool, timeout: float, reason: str) -> Batch:
+def _isolate(dataset: ImageDataset, indices: list[int], pin_memory: bool, timeout: float, reason: str,
+             niceness: int = 0) -> Batch:
     """Decode each file of a failed batch in its own process: the culprit fails alone."""
     items: list[tuple[int, torch.Tensor | None, str | None]] = []
     for index in indices:
-        single = _load(dataset, [[index]], 1, False, timeout)
+        single = _load(dataset, [[index]], 1, False, timeout, niceness)
         try:
             batch = next(single)
         except RuntimeError as err:
