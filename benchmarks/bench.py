@@ -58,7 +58,7 @@ the range in brackets: a shared or throttling machine drifts by 10-20% within mi
 
 Options: ``--images N`` (256), ``--big-images M`` (16), ``--batch-size`` (32 on CPU, 256 on CUDA),
 ``--device`` (cpu), ``--templates`` (7; or 80, or any built-in/file), ``--text-classes`` (100),
-``--cache-images`` (= batch size), ``--mem-images`` (100), ``--tower-batches`` (4), ``--repeats`` (3),
+``--cache-images`` (= batch size), ``--mem-images`` (100), ``--tower-batches`` (4), ``--repeats`` (5),
 ``--quick``, ``--skip-hf``, ``--skip-mem``, ``--json FILE``, ``--cache-dir``.
 """
 
@@ -279,22 +279,27 @@ def tower_pixels(loaded, paths, batch_size, device) -> torch.Tensor:
     return pre.finish(torch.stack([pre.pixels(open_image(p)) for p in chosen]), device)
 
 
-def bench_tower(loaded, pixels, batches, device, ours: bool = False) -> dict:
-    """The bare ``model.encode_image`` (or, with ``ours``, zeroshot's ``encode_images``, which
-    computes the last block for the class token only) on already-preprocessed tensors."""
+def bench_towers(loaded, pixels, batches, device) -> tuple[dict, dict]:
+    """The bare ``model.encode_image`` and zeroshot's ``encode_images`` (the last block computed
+    for the class token only) on already-preprocessed tensors, alternating batch by batch so
+    that both see the same machine."""
     from zeroshot.vision import encode_images
 
-    forward = (lambda: encode_images(loaded, pixels)) if ours else (lambda: loaded.model.encode_image(pixels))
+    forwards = {"bare": lambda: loaded.model.encode_image(pixels), "ours": lambda: encode_images(loaded, pixels)}
+    seconds = {name: 0.0 for name in forwards}
     with torch.inference_mode():
-        forward()  # warm-up
-        sync(device)
-        started = time.perf_counter()
+        for forward in forwards.values():
+            forward()  # warm-up (and the shortcut's one-time self-check)
         for _ in range(batches):
-            forward()
-        sync(device)
-        seconds = time.perf_counter() - started
+            for name, forward in forwards.items():
+                sync(device)
+                started = time.perf_counter()
+                forward()
+                sync(device)
+                seconds[name] += time.perf_counter() - started
     n = batches * pixels.shape[0]
-    return {"images": n, "seconds": seconds, "images_per_s": n / seconds}
+    bare, ours = ({"images": n, "seconds": seconds[k], "images_per_s": n / seconds[k]} for k in ("bare", "ours"))
+    return bare, ours
 
 
 def median_run(runs: list[dict]) -> dict:
@@ -535,7 +540,7 @@ def parse_args(argv=None):
     p.add_argument("--cache-images", type=int, default=None, help="images per cache cold/warm run (default: batch size)")
     p.add_argument("--mem-images", type=int, default=100, help="images for the 1x memory run; the other is 10x (default 100)")
     p.add_argument("--tower-batches", type=int, default=4, help="timed batches for the bare image tower (default 4)")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of rows (1)-(3); medians are shown (default 3)")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved repeats of rows (1)-(3); medians are shown (default 5)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, numbers not meaningful")
     p.add_argument("--skip-hf", action="store_true", help="skip the Hugging Face pipeline")
     p.add_argument("--skip-mem", action="store_true", help="skip the peak-memory subprocesses")
@@ -569,6 +574,9 @@ def main(argv=None) -> int:
     args.cache_images = args.cache_images or args.batch_size
     cache = Path(args.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
+    settle_until = time.monotonic() + 90
+    while os.getloadavg()[0] > 0.5 and time.monotonic() < settle_until:
+        time.sleep(5)  # let a just-finished job's load decay (the 1-minute average lags)
     info = machine_info(device)
     log(f"machine: {info.get('cpu_model', info['processor'])}, {info['cpu_affinity']} cores usable, "
         f"torch {info['torch']} ({info['torch_threads']} threads), device {device}, load avg {info['loadavg_start'][0]:.2f}")
@@ -598,8 +606,9 @@ def main(argv=None) -> int:
         log(f"repeat {rep + 1}/{args.repeats}: (1) bare image tower {args.tower_batches} x {args.batch_size}, "
             f"(2) classify_paths {len(small)} ImageNet-size ({res['workers']} worker(s)), seed loop"
             f"{'' if args.skip_hf else ', (3) Hugging Face pipeline'}")
-        runs["tower"].append(bench_tower(loaded, pixels, args.tower_batches, device))
-        runs["tower_ours"].append(bench_tower(loaded, pixels, args.tower_batches, device, ours=True))
+        bare, ours = bench_towers(loaded, pixels, args.tower_batches, device)
+        runs["tower"].append(bare)
+        runs["tower_ours"].append(ours)
         total, first, _ = run_classify(clf, small, args.batch_size)
         runs["classify_small"].append({"images": len(small), "seconds": total, "first_result_seconds": first,
                                        "images_per_s": len(small) / total})
