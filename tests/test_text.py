@@ -79,3 +79,41 @@ def test_long_label_warns_about_truncation(tiny_loaded):
     long_label = " ".join(["word"] * 90)
     with pytest.warns(LabelTruncatedWarning, match="77-token context"):
         build_class_weights(tiny_loaded, ["cat", long_label], ("a photo of a {}.",))
+
+
+def _tiny_text_model(**text_cfg):
+    from open_clip.model import CLIP, CustomTextCLIP
+
+    vision = {"image_size": 32, "layers": 1, "width": 64, "head_width": 32, "patch_size": 8}
+    text = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2, **text_cfg}
+    custom = text.pop("custom", False)
+    torch.manual_seed(0)
+    return (CustomTextCLIP if custom else CLIP)(32, vision, text).eval()
+
+
+@pytest.mark.parametrize("cfg", [{"no_causal_mask": True}, {"pool_type": "first"}, {"custom": True}],
+                         ids=["bidirectional", "first-token-pool", "custom-text-tower"])
+def test_trimming_is_off_where_padding_can_change_the_output(tiny_loaded, cfg):
+    """A bidirectional or differently pooled text tower (SigLIP-style) sees its padding, so
+    cutting it would change the embedding: such towers run at full context, and still match
+    open_clip's ``build_zero_shot_classifier``."""
+    import dataclasses
+
+    model = _tiny_text_model(**cfg)
+    assert not supports_trimming(model)
+    tokens = tiny_loaded.tokenizer(["a photo of a tench."])
+    length = int((tokens != 0).sum())
+    other_padding = tokens.clone()
+    other_padding[:, length:] = 1  # what follows the end-of-text token
+    with torch.inference_mode():
+        causal = [tiny_loaded.model.encode_text(t) for t in (tokens, other_padding)]
+        this = [model.encode_text(t) for t in (tokens, other_padding)]
+    assert torch.allclose(*causal, atol=1e-6)  # CLIP: padding is invisible, trimming is exact
+    if "no_causal_mask" in cfg:  # bidirectional: the padding changes the embedding
+        assert not torch.allclose(*this, atol=1e-4)
+    loaded = dataclasses.replace(tiny_loaded, model=model, extra={})
+    templates = resolve_templates("7").templates
+    ours = build_class_weights(loaded, LABELS, templates, batch_size=8)
+    reference = open_clip.build_zero_shot_classifier(model, tiny_loaded.tokenizer, LABELS, list(templates),
+                                                     num_classes_per_batch=2)
+    assert (ours - reference.T).abs().max().item() < 1e-5
