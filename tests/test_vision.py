@@ -70,3 +70,15 @@ def test_a_disagreeing_shortcut_is_switched_off_for_good(monkeypatch):
     assert calls == [4]  # tried once, never again
     assert torch.allclose(first, reference(loaded, pixels), atol=1e-6)
     assert torch.allclose(second, first)
+
+
+def test_shortcut_stays_on_under_bf16_autocast():
+    """Half precision rounds the two paths differently; the check must not mistake that for a
+    wrong tower (and the shortcut must stay as close to the ordinary bf16 forward as fp32 is)."""
+    loaded = loaded_with()
+    loaded.precision = "bf16"
+    pixels = torch.randn(6, 3, 32, 32)
+    fast = encode_images(loaded, pixels)
+    assert loaded.extra[vision._SHORTCUT] is True
+    slow = encode_images(loaded, pixels, shortcut=False)
+    assert torch.nn.functional.cosine_similarity(fast, slow, dim=-1).min() > 0.9999
