@@ -33,25 +33,17 @@ from zeroshot.images import IMAGE_EXTENSIONS, Preprocessor, open_image
 REPO = Path(__file__).resolve().parent.parent
 
 
-def draft_scale(path: str, draft_size: int) -> int:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        full = img.size
-        img.draft("RGB", (draft_size, draft_size))
-        return round(full[0] / img.size[0])
-
-
 def deviation(path: str, input_size: int) -> dict:
     pre = Preprocessor(image_transform(input_size, is_train=False))
-    exact = pre.pixels(open_image(path)).numpy().astype(np.int16)
-    draft = pre.pixels(open_image(path, draft_size=2 * input_size)).numpy().astype(np.int16)
+    full, reduced = open_image(path), open_image(path, draft_size=2 * input_size)
+    exact = pre.pixels(full).numpy().astype(np.int16)
+    draft = pre.pixels(reduced).numpy().astype(np.int16)
     diff = np.abs(exact - draft)
     mse = float(np.mean(diff.astype(np.float64) ** 2))
     return {
         "path": path,
         "input_size": input_size,
-        "dct_scale": f"1/{draft_scale(path, 2 * input_size)}",
+        "dct_scale": f"1/{round(max(full.size) / max(reduced.size))}",
         "mean_abs": float(diff.mean()),
         "p99_abs": float(np.percentile(diff, 99)),
         "max_abs": int(diff.max()),
