@@ -29,7 +29,7 @@ What it does
    zeroshot classify_paths, ImageNet-size / 12 MP (draft) / 12 MP exact_preprocess
        ``ZeroShotClassifier.classify_paths`` end to end (discovery, decode workers, preprocessing,
        model, scoring, predictions), default workers, 6 labels, after the class weights are
-       built. "draft" is the default JPEG DCT-scaled decode; ``exact_preprocess=True`` decodes at
+       built. "draft" is the default JPEG DCT-scaled decode; ``fast_decode=False`` (``--exact-decode``) decodes at
        full size (the draft speedup is their ratio).
    seed-style open_clip loop
        the usual hand-written loop: ``Image.open`` + open_clip ``preprocess`` + ``encode_image``
@@ -272,7 +272,8 @@ def machine_info(device: torch.device) -> dict:
 
 
 def tower_pixels(loaded, paths, batch_size, device) -> torch.Tensor:
-    from zeroshot.images import Preprocessor, open_image
+    from zeroshot.data.decode import open_image
+    from zeroshot.data.preprocess import Preprocessor
 
     pre = Preprocessor(loaded.preprocess)
     chosen = [paths[i % len(paths)] for i in range(batch_size)]
@@ -283,7 +284,7 @@ def bench_towers(loaded, pixels, batches, device) -> tuple[dict, dict]:
     """The bare ``model.encode_image`` and zeroshot's ``encode_images`` (the last block computed
     for the class token only) on already-preprocessed tensors, alternating batch by batch so
     that both see the same machine. The warm-up outputs give the max difference of the two."""
-    from zeroshot.vision import encode_images
+    from zeroshot.encode.vision import encode_images
 
     forwards = {"bare": lambda: loaded.model.encode_image(pixels), "ours": lambda: encode_images(loaded, pixels)}
     seconds = {name: 0.0 for name in forwards}
@@ -312,9 +313,11 @@ def median_run(runs: list[dict]) -> dict:
 
 
 def bench_decode(loaded, paths, draft: bool) -> dict:
-    from zeroshot.images import ImageDataset, Preprocessor, Source
+    from zeroshot.data.discover import Source
+    from zeroshot.data.loader import ImageDataset
+    from zeroshot.data.preprocess import Preprocessor
 
-    dataset = ImageDataset([Source(p, p) for p in paths], Preprocessor(loaded.preprocess), None, draft=draft)
+    dataset = ImageDataset([Source(p, p) for p in paths], Preprocessor(loaded.preprocess), None, fast_decode=draft)
     dataset[0]  # warm-up (imports, first open)
     started = time.perf_counter()
     for i in range(len(dataset)):
@@ -363,7 +366,7 @@ def bench_hf(paths, batch_size, device, cache_dir: Path) -> dict:
 def bench_text(loaded, classes, templates, device) -> dict:
     import open_clip
 
-    from zeroshot.text import build_class_weights
+    from zeroshot.encode.text import build_class_weights
 
     ours, ours_s = timed(lambda: build_class_weights(loaded, classes, templates, batch_size=256, cache=None))
     with warnings.catch_warnings():
@@ -413,13 +416,13 @@ def bench_cache(loaded, classes, template_set, paths, batch_size, cache_dir: Pat
 def mem_child(spec: dict) -> None:
     """Subprocess: classify spec['paths'] x spec['repeat'] and report peak RSS figures."""
     from zeroshot import ZeroShotClassifier
-    from zeroshot.images import Discovery, Source
+    from zeroshot.data.discover import Discovery, Source
     from zeroshot.models import load_model
 
     loaded = load_model("ViT-B-32", spec["checkpoint"], device=spec["device"], precision="fp32")
     clf = ZeroShotClassifier(LABELS6, spec["templates"], model=loaded, cache=False)
     # A Discovery, not paths: discover() would de-duplicate the repeated files.
-    found = Discovery(sources=[Source(p, p) for p in spec["paths"]] * spec["repeat"])
+    found = Discovery([Source(p, p) for p in spec["paths"]] * spec["repeat"])
     before = rss_mb()
     peak = [before]
     stop = threading.Event()
@@ -502,10 +505,10 @@ def table(res: dict, args) -> str:
         d = res[key]
         rows.append((f"decode+preprocess only, 1 process, {d['images']} {name}", fmt_rate(d), ratio(d["images_per_s"], tower), ""))
     t = res["text"]
-    sub = "" if t["classes"] >= 1000 else f" (subsample of 1000; --text-classes 1000 for all)"
+    sub = "" if t["classes"] >= 1000 else " (subsample of 1000; --text-classes 1000 for all)"
     rows.append((f"class weights, ours: {t['classes']} classes{sub} x {t['templates']} templates", f"{t['ours_seconds']:.2f} s",
                  "", f"{t['speedup']:.2f}x faster than open_clip; max abs diff {t['max_abs_diff']:.1e}"))
-    rows.append((f"class weights, open_clip build_zero_shot_classifier", f"{t['open_clip_seconds']:.2f} s", "", "reference"))
+    rows.append(("class weights, open_clip build_zero_shot_classifier", f"{t['open_clip_seconds']:.2f} s", "", "reference"))
     c = res["cache"]
     rows.append((f"cold classifier ({t['classes']} cls x {t['templates']} tpl): first result / total, {c['images']} img",
                  f"{c['cold']['first_result_seconds']:.2f} s / {c['cold']['total_seconds']:.2f} s", "",
@@ -566,9 +569,9 @@ def main(argv=None) -> int:
         mem_child(json.loads(args.mem_child))
         return 0
 
+    from zeroshot.data.loader import default_workers
     from zeroshot.models import load_model
     from zeroshot.prompts import resolve_templates
-    from zeroshot.images import default_workers
 
     device = torch.device(args.device)
     args.batch_size = args.batch_size or (256 if device.type == "cuda" else 32)
@@ -630,7 +633,7 @@ def main(argv=None) -> int:
 
     log(f"(2) classify_paths: {len(big)} x 12 MP (draft, exact)")
     for key, paths, exact in (("classify_big", big, False), ("classify_big_exact", big, True)):
-        total, first, _ = run_classify(clf, paths, args.batch_size, exact_preprocess=exact)
+        total, first, _ = run_classify(clf, paths, args.batch_size, fast_decode=not exact)
         res[key] = {"images": len(paths), "seconds": total, "first_result_seconds": first, "images_per_s": len(paths) / total}
 
     log("    decode+preprocess only (1 process)")

@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 from open_clip.transform import image_transform
 
-from zeroshot.images import IMAGE_EXTENSIONS, Preprocessor, open_image
+from zeroshot.data.decode import open_image
+from zeroshot.data.discover import IMAGE_EXTENSIONS
+from zeroshot.data.preprocess import Preprocessor
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -12,9 +12,9 @@ import sys
 
 import pandas as pd
 import pytest
+from conftest import LABELS, make_image
 from typer.testing import CliRunner
 
-from conftest import LABELS, make_image
 from zeroshot.cli import app
 
 runner = CliRunner()

@@ -16,18 +16,12 @@ from conftest import make_image
 from typer.testing import CliRunner
 
 from zeroshot.cli import app
+from zeroshot.data.datasets import csv_dataset, folder_dataset, imagenet_dataset, imagenet_wnids
+from zeroshot.encode.embed import EmbedSettings
 from zeroshot.errors import UsageError
-from zeroshot.evaluate import (
-    compute_metrics,
-    csv_dataset,
-    evaluate,
-    folder_dataset,
-    imagenet_dataset,
-    imagenet_wnids,
-    mean_per_class_recall,
-    topk_accuracy,
-)
+from zeroshot.metrics import compute_metrics, mean_per_class_recall
 from zeroshot.prompts import load_builtin
+from zeroshot.tasks.evaluate import evaluate
 
 COLOUR_CLASSES = ["red", "green", "blue", "yellow", "purple", "black"]
 
@@ -62,9 +56,7 @@ def test_topk_and_recall_on_known_logits():
         [0.0, 0.0, 0.0, 0.9, 0.0, 0.0],  # true 3: hit
     ])
     targets = torch.tensor([0, 1, 2, 3])
-    assert topk_accuracy(logits, targets, 1) == 0.5
-    assert topk_accuracy(logits, targets, 5) == 0.75
-    assert topk_accuracy(logits[:, :4], targets, 5) is None  # fewer than 5 classes: not applicable
+    assert compute_metrics(logits[:, :4], targets).acc5 is None  # fewer than 5 classes: not applicable
     m = compute_metrics(logits, targets)
     assert (m.acc1, m.acc5, m.mean_per_class_recall) == (0.5, 0.75, 0.5)
 
@@ -113,7 +105,7 @@ def test_metrics_match_open_clip_and_clip_benchmark(tmp_path, tiny_loaded, monke
                         raising=False)
     root = make_folder_dataset(tmp_path / "ds")
     sets = ["photo", "openai-7"]
-    ours = evaluate(tiny_loaded, folder_dataset(root), sets, workers=0, cache=False)
+    ours = evaluate(tiny_loaded, folder_dataset(root), sets, EmbedSettings(workers=0), cache=False)
     model, tokenizer = tiny_loaded.model, tiny_loaded.tokenizer
     reference = ImageFolder(str(root), transform=tiny_loaded.preprocess)
     assert reference.classes == list(ours.classnames)
@@ -150,7 +142,9 @@ def test_metrics_match_open_clip_and_clip_benchmark(tmp_path, tiny_loaded, monke
 def test_imagenet_subset_scores_against_true_wnid_class(tmp_path, tiny_loaded, monkeypatch):
     """Folders n01440764, n01443537, n15075141 are classes 0, 1 and 999 (not 0, 1, 2), images are
     scored among all 1000 CLIP names, and several template sets encode the images once."""
-    import zeroshot.evaluate as ev
+    import zeroshot.encode.embed as embed_module
+    import zeroshot.tasks.evaluate as ev
+    from zeroshot.encode.embed import EmbedSettings
 
     root = tmp_path / "imagenet"
     wnids = ["n01440764", "n01443537", "n15075141"]
@@ -164,7 +158,7 @@ def test_imagenet_subset_scores_against_true_wnid_class(tmp_path, tiny_loaded, m
 
     # Class weights that put each image's own embedding on its true class: only a correct
     # wnid -> index mapping gives 100% top-1.
-    features, valid, _ = ev._encode_dataset(tiny_loaded, data, None, 0, None, True, 0, None, None)
+    features, valid, _ = ev.encode_dataset(tiny_loaded, data, EmbedSettings(workers=0))
     assert valid.all()
     base = torch.nn.functional.normalize(torch.randn(1000, features.shape[1], generator=torch.Generator().manual_seed(1)), dim=-1)
     base[[0, 1, 999]] = features
@@ -175,15 +169,15 @@ def test_imagenet_subset_scores_against_true_wnid_class(tmp_path, tiny_loaded, m
         assert list(labels) == names
         return base
 
-    encode = ev.encode_images
+    encode = embed_module.encode_images
 
     def counting(loaded, pixels, *a, **k):
         calls["images"] += pixels.shape[0]
         return encode(loaded, pixels, *a, **k)
 
     monkeypatch.setattr(ev, "build_class_weights", fake_weights)
-    monkeypatch.setattr(ev, "encode_images", counting)
-    result = evaluate(tiny_loaded, data, ["photo", "openai-7", "none"], workers=0, cache=False)
+    monkeypatch.setattr(embed_module, "encode_images", counting)
+    result = evaluate(tiny_loaded, data, ["photo", "openai-7", "none"], EmbedSettings(workers=0), cache=False)
     assert calls == {"text": 3, "images": 3}  # three template sets, each image encoded once
     assert [r.acc1 for r in result.results] == [1.0, 1.0, 1.0]
     rows = result.prediction_rows()
@@ -278,8 +272,8 @@ def test_cifar_download_failure_is_one_line(tmp_path, monkeypatch):
 
     import torchvision.datasets.cifar as tv_cifar
 
+    from zeroshot.data.datasets import cifar_dataset
     from zeroshot.errors import ZeroshotError
-    from zeroshot.evaluate import cifar_dataset
 
     def offline(self):
         raise URLError("no network")
@@ -299,7 +293,8 @@ def test_cli_folder_outputs(tmp_path, tiny_ckpt):
                  "--predictions", str(preds), "--per-class", str(per_class), *tiny_args(tiny_ckpt))
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
-    assert lines[0].split("\t") == ["template set", "templates", "top-1", "top-5", "mean per-class recall"]
+    assert lines[0].split("\t") == ["template set", "templates", "top-1 (fraction)", "top-5 (fraction)",
+                                     "mean per-class recall (fraction)"]
     assert [line.split("\t")[:2] for line in lines[1:]] == [["photo", "1"], ["openai-7", "7"]]
 
     body = json.loads(out.read_text())

@@ -8,13 +8,8 @@ import pytest
 import torch
 
 from zeroshot.errors import ModelLoadError, UsageError
-from zeroshot.models import (
-    canonical_arch,
-    list_pretrained_models,
-    load_model,
-    resolve_device,
-    resolve_precision,
-)
+from zeroshot.models import canonical_arch, list_pretrained_models, load_model
+from zeroshot.precision import resolve_device, resolve_precision
 
 
 def test_local_checkpoint_loads_in_eval_mode(tiny_ckpt):

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from zeroshot.errors import OutputError, UsageError
-from zeroshot.output import FORMATS, Prediction, choose_format, columns, write_predictions
+from zeroshot.output.rows import Prediction, columns
+from zeroshot.output.writers import FORMATS, choose_format, write_predictions
 
 PREDS = [
     Prediction("dir a/001.jpg", ("cat", "dog"), (0.75, 0.25)),

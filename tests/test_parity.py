@@ -10,9 +10,9 @@ from __future__ import annotations
 import open_clip
 import pytest
 import torch
+from conftest import COLOURS, make_image
 from PIL import Image
 
-from conftest import COLOURS, make_image
 from zeroshot import ZeroShotClassifier
 
 LABELS = ["a red thing", "a green thing", "a blue thing", "a striped pattern"]

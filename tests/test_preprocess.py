@@ -9,7 +9,10 @@ import torch
 from open_clip.transform import image_transform
 from PIL import Image, ImageDraw, ImageFilter
 
-from zeroshot.images import ImageDataset, Preprocessor, discover, open_image
+from zeroshot.data.decode import open_image
+from zeroshot.data.discover import discover
+from zeroshot.data.loader import ImageDataset
+from zeroshot.data.preprocess import Preprocessor
 
 INPUT = 224
 
@@ -42,7 +45,7 @@ def pre():
 
 
 def _uint8_input(pre, path, draft):
-    dataset = ImageDataset(discover([str(path)]).sources, pre, None, draft=draft)
+    dataset = ImageDataset(discover([str(path)]).sources, pre, None, fast_decode=draft)
     _, pixels, err = dataset[0]
     assert err is None
     return pixels

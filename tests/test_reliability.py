@@ -8,7 +8,6 @@ import io
 import json
 import os
 import signal
-import stat
 import struct
 import subprocess
 import sys
@@ -21,30 +20,26 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import LABELS, make_image
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import LABELS, make_image
-from zeroshot.classifier import ZeroShotClassifier
 from zeroshot.cli import app
-from zeroshot.errors import ModelLoadError, OutputError, UsageError, ZeroshotWarning
-from zeroshot.images import (
-    ImageDataset,
-    ImageError,
-    Preprocessor,
-    crop_extreme_aspect,
-    discover,
-    iterate_batches,
-    open_image,
-)
-from zeroshot.output import FORMATS, Prediction, atomic_file, write_predictions
-from zeroshot.resume import (
+from zeroshot.data.decode import open_image
+from zeroshot.data.discover import discover
+from zeroshot.data.loader import ImageDataset, iterate_batches
+from zeroshot.data.preprocess import Preprocessor, crop_extreme_aspect
+from zeroshot.errors import ImageError, ModelLoadError, OutputError, UsageError, ZeroshotWarning
+from zeroshot.output.journal import (
     Journal,
     fingerprint,
     journal_path,
     merge_in_order,
     read_journal,
 )
+from zeroshot.output.rows import Prediction
+from zeroshot.output.writers import FORMATS, atomic_file, write_predictions
+from zeroshot.tasks.classify import ZeroShotClassifier
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 RED = (220, 30, 30)
@@ -264,7 +259,8 @@ def test_11_decompression_bomb_is_skipped_before_decoding(bomb):
 def test_11_bomb_memory_stays_bounded(bomb):
     script = textwrap.dedent(f"""
         import resource, sys
-        from zeroshot.images import open_image, ImageError
+        from zeroshot.data.decode import open_image
+        from zeroshot.errors import ImageError
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         try:
             open_image({str(bomb)!r})
@@ -338,7 +334,7 @@ class _Sabotaged(ImageDataset):
 
 def _sabotaged_dataset(clf, tmp_path, n=12):
     sources = discover([make_image(tmp_path / f"{i:02d}.png", size=(40, 40)) for i in range(n)]).sources
-    return _Sabotaged(sources, clf.preprocessor, None, draft=False)
+    return _Sabotaged(sources, clf.preprocessor, None, fast_decode=False)
 
 
 def test_15_16_dead_or_hung_worker_is_a_named_error(clf, tmp_path):
@@ -364,7 +360,7 @@ class _ReportsPriority(ImageDataset):
 @pytest.mark.parametrize("low_priority", [False, True])
 def test_decode_workers_single_threaded_and_niced_for_cpu_runs(clf, tmp_path, low_priority):
     sources = discover([make_image(tmp_path / f"{i}.png", size=(8, 8)) for i in range(4)]).sources
-    dataset = _ReportsPriority(sources, clf.preprocessor, None, draft=True)
+    dataset = _ReportsPriority(sources, clf.preprocessor, None, fast_decode=True)
     base = os.nice(0)
     reports = {e for b in iterate_batches(dataset, batch_size=2, workers=2, low_priority=low_priority) for _, e in b.errors}
     expected = min(19, base + 19) if low_priority else base
@@ -373,7 +369,7 @@ def test_decode_workers_single_threaded_and_niced_for_cpu_runs(clf, tmp_path, lo
 
 
 def test_15_dead_worker_through_the_classifier(clf, tmp_path, monkeypatch):
-    import zeroshot.classifier as classifier_module
+    import zeroshot.encode.embed as embed_module
 
     class Dataset(ImageDataset):
         def __getitem__(self, index):
@@ -381,7 +377,7 @@ def test_15_dead_worker_through_the_classifier(clf, tmp_path, monkeypatch):
                 os._exit(3)
             return super().__getitem__(index)
 
-    monkeypatch.setattr(classifier_module, "ImageDataset", Dataset)
+    monkeypatch.setattr(embed_module, "ImageDataset", Dataset)
     paths = [make_image(tmp_path / f"{i}.png", size=(40, 40)) for i in range(6)]
     rows = list(clf.classify_paths([str(p) for p in paths], batch_size=2, workers=1))
     assert [r.path for r in rows] == [str(p) for p in paths]
@@ -548,14 +544,13 @@ def test_23_interrupted_write_keeps_the_previous_file(tmp_path):
         yield Prediction("a.jpg", ("x",), (1.0,))
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="No space left on device"):
         write_predictions(rows(), FORMATS["csv"], output=out)
     assert out.read_text() == "previous\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]  # no temporary left behind
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_file(out) as handle:
-            handle.write("half")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), atomic_file(out) as handle:
+        handle.write("half")
+        raise KeyboardInterrupt
     assert out.read_text() == "previous\n"
 
 
@@ -587,7 +582,7 @@ def test_23_merge_keeps_the_uninterrupted_order():
 
 _SLOW_CHILD = textwrap.dedent("""
     import os, sys, time
-    import zeroshot.images as images
+    import zeroshot.data.loader as images
     real = images.open_image
     def open_image(path, *args, **kwargs):
         if os.path.basename(path) == "img30.png":
@@ -639,7 +634,7 @@ def test_23_kill_midway_then_resume_equals_uninterrupted_run(tiny_ckpt, labels_f
                              capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 3, resumed.stderr
     assert "resuming" in resumed.stderr and "28 of 60 inputs already done" in resumed.stderr
-    assert not [l for l in resumed.stderr.splitlines() if l.startswith("skipping ")]  # img7 was done before
+    assert not [line for line in resumed.stderr.splitlines() if line.startswith("skipping ")]  # img7 was done before
     assert out.read_text() == reference.read_text()
     assert not journal.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []
@@ -797,7 +792,7 @@ def test_27_truncated_cached_weights(tiny_ckpt, tmp_path, monkeypatch):
 
 
 def test_28_label_longer_than_context_warns(tiny_loaded):
-    from zeroshot.text import warn_truncated
+    from zeroshot.encode.text import warn_truncated
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -6,15 +6,15 @@ import open_clip
 import pytest
 import torch
 
-import zeroshot.text as text_mod
-from zeroshot.prompts import resolve_templates
-from zeroshot.text import (
-    ClassWeightCache,
+import zeroshot.encode.text as text_mod
+from zeroshot.encode.cache import ClassWeightCache
+from zeroshot.encode.text import (
     LabelTruncatedWarning,
     build_class_weights,
     encode_prompts,
     supports_trimming,
 )
+from zeroshot.prompts import resolve_templates
 
 LABELS = ["tench", "goldfish", "great white shark", "a label with several more words in it"]
 
@@ -111,7 +111,7 @@ def test_trimming_is_off_where_padding_can_change_the_output(tiny_loaded, cfg):
     assert torch.allclose(*causal, atol=1e-6)  # CLIP: padding is invisible, trimming is exact
     if "no_causal_mask" in cfg:  # bidirectional: the padding changes the embedding
         assert not torch.allclose(*this, atol=1e-4)
-    loaded = dataclasses.replace(tiny_loaded, model=model, extra={})
+    loaded = dataclasses.replace(tiny_loaded, model=model, class_token_shortcut=None)
     templates = resolve_templates("7").templates
     ours = build_class_weights(loaded, LABELS, templates, batch_size=8)
     reference = open_clip.build_zero_shot_classifier(model, tiny_loaded.tokenizer, LABELS, list(templates),

@@ -6,9 +6,9 @@ import pytest
 import torch
 from open_clip.model import CLIP
 
-import zeroshot.vision as vision
+import zeroshot.encode.vision as vision
+from zeroshot.encode.vision import encode_images, supports_class_token_shortcut
 from zeroshot.models import LoadedModel
-from zeroshot.vision import encode_images, supports_class_token_shortcut
 
 TEXT = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}
 VISION = {"image_size": 32, "layers": 3, "width": 64, "head_width": 32, "patch_size": 8}
@@ -36,7 +36,7 @@ def test_class_token_shortcut_matches_the_full_forward(cfg):
     pixels = torch.randn(5, 3, 32, 32)
     assert supports_class_token_shortcut(loaded.model)
     fast = encode_images(loaded, pixels)
-    assert loaded.extra[vision._SHORTCUT] is True  # checked on the first batch and kept on
+    assert loaded.class_token_shortcut is True  # checked on the first batch and kept on
     assert torch.allclose(fast, reference(loaded, pixels), atol=1e-6)
 
 
@@ -66,7 +66,7 @@ def test_a_disagreeing_shortcut_is_switched_off_for_good(monkeypatch):
     pixels = torch.randn(4, 3, 32, 32)
     first = encode_images(loaded, pixels)
     second = encode_images(loaded, pixels)
-    assert loaded.extra[vision._SHORTCUT] is False
+    assert loaded.class_token_shortcut is False
     assert calls == [4]  # tried once, never again
     assert torch.allclose(first, reference(loaded, pixels), atol=1e-6)
     assert torch.allclose(second, first)
@@ -79,6 +79,6 @@ def test_shortcut_stays_on_under_bf16_autocast():
     loaded.precision = "bf16"
     pixels = torch.randn(6, 3, 32, 32)
     fast = encode_images(loaded, pixels)
-    assert loaded.extra[vision._SHORTCUT] is True
+    assert loaded.class_token_shortcut is True
     slow = encode_images(loaded, pixels, shortcut=False)
     assert torch.nn.functional.cosine_similarity(fast, slow, dim=-1).min() > 0.9999

@@ -5,33 +5,92 @@ The command line (``zeroshot classify ...``) is a thin client of this library::
     from zeroshot import ZeroShotClassifier
     clf = ZeroShotClassifier(["cat", "dog"], templates="openai-7")
     df = clf.classify_dataframe(["photos/"], top_k=2)
+
+Names are imported on first use, so ``import zeroshot`` (and ``zeroshot --help``) does not load
+torch.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from .classifier import RunStats, ZeroShotClassifier  # noqa: E402
-from .errors import ModelLoadError, OutputError, UsageError, ZeroshotError  # noqa: E402
-from .images import ImageError, discover, open_image  # noqa: E402
-from .models import LoadedModel, list_pretrained_models, load_model  # noqa: E402
-from .output import FORMATS, Prediction, to_dataframe, write_predictions  # noqa: E402
-from .prompts import resolve_labels, resolve_templates  # noqa: E402
-from .text import ClassWeightCache, build_class_weights, encode_prompts  # noqa: E402
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+
+# public name -> module that defines it
+_EXPORTS = {
+    "ZeroShotClassifier": "tasks.classify",
+    "RunStats": "tasks.classify",
+    "RankSettings": "tasks.classify",
+    "classify_to_file": "tasks.classify",
+    "EmbedSettings": "encode.embed",
+    "Embedded": "encode.embed",
+    "embed_images": "encode.embed",
+    "ZeroshotError": "errors",
+    "UsageError": "errors",
+    "ModelLoadError": "errors",
+    "OutputError": "errors",
+    "ImageError": "errors",
+    "discover": "data.discover",
+    "open_image": "data.decode",
+    "LoadedModel": "models",
+    "load_model": "models",
+    "resolve_weights": "models",
+    "list_pretrained_models": "models",
+    "FORMATS": "output.writers",
+    "write_predictions": "output.writers",
+    "Prediction": "output.rows",
+    "to_dataframe": "output.rows",
+    "resolve_labels": "prompts",
+    "resolve_templates": "prompts",
+    "TemplateSet": "prompts",
+    "ClassWeightCache": "encode.cache",
+    "build_class_weights": "encode.text",
+    "encode_prompts": "encode.text",
+    "EvalDataset": "data.datasets",
+    "load_dataset": "data.datasets",
+    "EvalResult": "tasks.evaluate",
+    "evaluate": "tasks.evaluate",
+    "Metrics": "metrics",
+    "compute_metrics": "metrics",
+}
 
 __all__ = [
-    "ClassWeightCache", "FORMATS", "ImageError", "LoadedModel", "ModelLoadError", "OutputError",
-    "Prediction", "RunStats", "UsageError", "ZeroShotClassifier", "ZeroshotError",
-    "build_class_weights", "discover", "encode_prompts", "list_pretrained_models", "load_model",
-    "open_image", "resolve_labels", "resolve_templates", "to_dataframe", "write_predictions",
+    "__version__", "ClassWeightCache", "EmbedSettings", "Embedded", "EvalDataset", "EvalResult",
+    "FORMATS", "ImageError", "LoadedModel", "Metrics", "ModelLoadError", "OutputError",
+    "Prediction", "RankSettings", "RunStats", "TemplateSet", "UsageError", "ZeroShotClassifier",
+    "ZeroshotError", "build_class_weights", "classify_to_file", "compute_metrics", "discover",
+    "embed_images", "encode_prompts", "evaluate", "list_pretrained_models", "load_dataset",
+    "load_model", "open_image", "resolve_labels", "resolve_templates", "resolve_weights",
+    "to_dataframe", "write_predictions",
 ]
 
-# ``zeroshot.evaluate`` stays the module; its ``evaluate()`` is exported as ``evaluate_dataset``.
-from .evaluate import (  # noqa: E402
-    EvalDataset,
-    EvalResult,
-    Metrics,
-    compute_metrics,
-    load_dataset,
-)
-from .evaluate import evaluate as evaluate_dataset  # noqa: E402
 
-__all__ += ["EvalDataset", "EvalResult", "Metrics", "compute_metrics", "evaluate_dataset", "load_dataset"]
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'zeroshot' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .data.datasets import EvalDataset, load_dataset
+    from .data.decode import open_image
+    from .data.discover import discover
+    from .encode.cache import ClassWeightCache
+    from .encode.embed import Embedded, EmbedSettings, embed_images
+    from .encode.text import build_class_weights, encode_prompts
+    from .errors import ImageError, ModelLoadError, OutputError, UsageError, ZeroshotError
+    from .metrics import Metrics, compute_metrics
+    from .models import LoadedModel, list_pretrained_models, load_model, resolve_weights
+    from .output.rows import Prediction, to_dataframe
+    from .output.writers import FORMATS, write_predictions
+    from .prompts import TemplateSet, resolve_labels, resolve_templates
+    from .tasks.classify import RankSettings, RunStats, ZeroShotClassifier, classify_to_file
+    from .tasks.evaluate import EvalResult, evaluate

@@ -30,3 +30,26 @@ class OutputError(ZeroshotError):
 
 class ZeroshotWarning(UserWarning):
     """Something the user should know that does not stop the run (printed as ``warning: ...``)."""
+
+
+# Reason codes of :class:`ImageError` (stable; documented in the README).
+NOT_FOUND = "not_found"
+NOT_A_FILE = "not_a_file"
+UNREADABLE = "unreadable"
+EMPTY = "empty"
+NOT_AN_IMAGE = "not_an_image"
+UNSUPPORTED = "unsupported_format"
+TRUNCATED = "truncated"
+TOO_LARGE = "too_large"
+DECODE_ERROR = "decode_error"
+WORKER_FAILED = "worker_failed"
+
+
+class ImageError(Exception):
+    """One input that cannot be used; ``code`` is a stable reason code. It never stops a run:
+    the input is reported (``str(err)`` is ``"<code>: <detail>"``) and the others go on."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail

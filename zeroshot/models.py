@@ -11,21 +11,22 @@ import os
 import pickle
 import socket
 import zipfile
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-import torch
-
 from .errors import ModelLoadError, UsageError
+from .precision import autocast, resolve_device, resolve_precision
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "openai"
 HF_HUB_PREFIX = "hf-hub:"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 _PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
 
 
@@ -41,7 +42,9 @@ class LoadedModel:
     weights_id: str
     device: torch.device
     precision: str
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Whether encode/vision.py's class-token shortcut matched the model's own forward on the
+    # first batch: None until checked, then True (used) or False (off for this model).
+    class_token_shortcut: bool | None = None
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -63,56 +66,7 @@ class LoadedModel:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Mixed-precision context for forward passes (a no-op for fp32)."""
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.precision])
-
-
-# ----------------------------------------------------------------------------- device/precision
-
-
-def resolve_device(spec: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then CPU; explicit devices are checked to exist."""
-    spec = (spec or "auto").strip().lower()
-    if spec == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise UsageError(f"--device {spec!r} is not one of auto, cpu, cuda, cuda:N, mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {spec}: CUDA is not available here; use --device cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(
-                f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) visible"
-            )
-    elif device.type == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise UsageError(f"--device {spec}: Apple MPS is not available here; use --device cpu")
-    elif device.type != "cpu":
-        raise UsageError(f"--device {spec!r} is not one of auto, cpu, cuda, cuda:N, mps")
-    return device
-
-
-def resolve_precision(spec: str, device: torch.device) -> str:
-    """``auto``: fp32 on CPU; bf16 (or fp16 where bf16 is unsupported) autocast on GPUs."""
-    spec = (spec or "auto").strip().lower()
-    if spec not in PRECISIONS:
-        raise UsageError(f"--precision {spec!r} is not one of {', '.join(PRECISIONS)}")
-    if spec == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        if device.type == "mps":
-            return "fp16"
-        return "fp32"
-    if spec == "fp16" and device.type == "cpu":
-        raise UsageError("--precision fp16 needs a GPU; on CPU use fp32 (default) or bf16")
-    return spec
+        return autocast(self.precision, self.device)
 
 
 # ------------------------------------------------------------------------------ name resolution
@@ -273,70 +227,88 @@ def describe_load_failure(err: BaseException, source: str) -> str:
     return f"{source}: cannot load checkpoint ({type(err).__name__}: {text[:200]})"
 
 
+@dataclass(frozen=True)
+class WeightsRef:
+    """Which weights a (model, pretrained) pair names, resolved without loading anything:
+    ``weights_id`` identifies them in cache keys and resume journals."""
+
+    name: str
+    arch: str
+    pretrained: str
+    weights_id: str
+    source: str  # how the user named them, for messages
+    create_args: tuple
+    create_kwargs: tuple[tuple[str, Any], ...] = ()
+
+
+def resolve_weights(model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED) -> WeightsRef:
+    """Check ``model``/``pretrained`` and say which weights they name (fast: nothing is loaded).
+
+    Raises :class:`UsageError` for unknown names and :class:`ModelLoadError` when the weights
+    are neither cached nor downloadable."""
+    import open_clip
+
+    register_model_configs()
+    kwargs: dict[str, Any] = {}
+    pretrained = (pretrained or "").strip()
+    if model.startswith(HF_HUB_PREFIX):
+        repo_id = model[len(HF_HUB_PREFIX):]
+        cached = _hf_cached_file(repo_id, "open_clip_config.json") is not None
+        _ensure_downloadable(model, cached)
+        return WeightsRef(model, model, "", model, f"--model {model}", (model, None))
+    arch = canonical_arch(model)
+    if not pretrained:
+        return WeightsRef(arch, arch, "", "random-init", "--pretrained", (arch, None))
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        kwargs.update(_preprocess_kwargs(_unanimous_tag_preprocess(arch)))
+        return WeightsRef(arch, arch, pretrained, file_identity(path), f"--pretrained {path}", (arch, str(path)),
+                          tuple(kwargs.items()))
+    if is_checkpoint_path(pretrained):
+        raise UsageError(f"--pretrained {pretrained}: file not found")
+    from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
+
+    cfg = get_pretrained_cfg(arch, pretrained)
+    if not cfg:
+        tags = list_pretrained_tags_by_model(arch)
+        close = difflib.get_close_matches(pretrained, tags, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        known = ", ".join(tags) if tags else "none (pass a checkpoint file)"
+        raise UsageError(f"--pretrained {pretrained!r} is neither a file nor a tag of {arch}; {hint}tags: {known}")
+    cached_path = cached_tag_weights(arch, pretrained)
+    _ensure_downloadable(f"{arch} ({pretrained})", cached_path is not None)
+    if cfg.get("quick_gelu") and not open_clip.get_model_config(arch).get("quick_gelu"):
+        kwargs["force_quick_gelu"] = True  # open_clip only warns; the mismatch costs accuracy
+    weights_id = f"{arch}:{pretrained}:" + (file_identity(Path(cached_path)) if cached_path else "hub")
+    return WeightsRef(arch, arch, pretrained, weights_id, f"--model {arch} --pretrained {pretrained}",
+                      (arch, pretrained), tuple(kwargs.items()))
+
+
 def load_model(
-    model: str = DEFAULT_MODEL,
+    model: str | WeightsRef = DEFAULT_MODEL,
     pretrained: str | None = DEFAULT_PRETRAINED,
     device: str | torch.device = "auto",
     precision: str = "auto",
 ) -> LoadedModel:
     """Load an open_clip model with its tokenizer and inference preprocessing, ready to run.
 
-    ``model`` is an architecture (``ViT-B-32``) or ``hf-hub:org/name``; ``pretrained`` is a tag
-    (``openai``), a local checkpoint file, or empty for random weights (testing only).
+    ``model`` is an architecture (``ViT-B-32``), ``hf-hub:org/name`` or a :class:`WeightsRef`
+    from :func:`resolve_weights`; ``pretrained`` is a tag (``openai``), a local checkpoint file,
+    or empty for random weights (testing only).
     """
     import open_clip
+    import torch
 
-    register_model_configs()
+    ref = model if isinstance(model, WeightsRef) else resolve_weights(model, pretrained)
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
     resolved_precision = resolve_precision(precision, torch_device)
-    kwargs: dict[str, Any] = {}
-    pretrained = (pretrained or "").strip()
-
-    if model.startswith(HF_HUB_PREFIX):
-        repo_id = model[len(HF_HUB_PREFIX):]
-        arch, source = model, f"--model {model}"
-        cached = _hf_cached_file(repo_id, "open_clip_config.json") is not None
-        _ensure_downloadable(model, cached)
-        create_args: tuple = (model, None)
-        weights_id = model
-        shown_pretrained = ""
-    else:
-        arch = canonical_arch(model)
-        if not pretrained:
-            create_args, weights_id, source = (arch, None), "random-init", "--pretrained"
-        elif Path(pretrained).expanduser().is_file():
-            path = Path(pretrained).expanduser()
-            kwargs.update(_preprocess_kwargs(_unanimous_tag_preprocess(arch)))
-            create_args, weights_id, source = (arch, str(path)), file_identity(path), f"--pretrained {path}"
-        elif is_checkpoint_path(pretrained):
-            raise UsageError(f"--pretrained {pretrained}: file not found")
-        else:
-            from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
-
-            cfg = get_pretrained_cfg(arch, pretrained)
-            if not cfg:
-                tags = list_pretrained_tags_by_model(arch)
-                close = difflib.get_close_matches(pretrained, tags, n=3, cutoff=0.5)
-                hint = f"did you mean {', '.join(close)}? " if close else ""
-                known = ", ".join(tags) if tags else "none (pass a checkpoint file)"
-                raise UsageError(
-                    f"--pretrained {pretrained!r} is neither a file nor a tag of {arch}; {hint}"
-                    f"tags: {known}"
-                )
-            cached_path = cached_tag_weights(arch, pretrained)
-            _ensure_downloadable(f"{arch} ({pretrained})", cached_path is not None)
-            if cfg.get("quick_gelu") and not open_clip.get_model_config(arch).get("quick_gelu"):
-                kwargs["force_quick_gelu"] = True  # open_clip only warns; the mismatch costs accuracy
-            create_args, source = (arch, pretrained), f"--model {arch} --pretrained {pretrained}"
-            weights_id = f"{arch}:{pretrained}:" + (file_identity(Path(cached_path)) if cached_path else "hub")
-        shown_pretrained = pretrained
-
+    source = ref.source
     try:
         logging.disable(logging.WARNING)  # open_clip logs through the root logger; we report ourselves
         net, _, preprocess = open_clip.create_model_and_transforms(
-            *create_args, device="cpu", weights_only=True, **kwargs
+            *ref.create_args, device="cpu", weights_only=True, **dict(ref.create_kwargs)
         )
-        tokenizer = open_clip.get_tokenizer(arch if not arch.startswith(HF_HUB_PREFIX) else model)
+        tokenizer = open_clip.get_tokenizer(ref.arch)
     except (UsageError, ModelLoadError):
         raise
     except FileNotFoundError as err:
@@ -355,9 +327,9 @@ def load_model(
         model=net,
         tokenizer=tokenizer,
         preprocess=preprocess,
-        name=model if model.startswith(HF_HUB_PREFIX) else arch,
-        pretrained=shown_pretrained,
-        weights_id=weights_id,
+        name=ref.name,
+        pretrained=ref.pretrained,
+        weights_id=ref.weights_id,
         device=torch_device,
         precision=resolved_precision,
     )
@@ -373,13 +345,16 @@ class PretrainedEntry:
     cached: bool
 
 
-def list_pretrained_models(cached_only: bool = False) -> list[PretrainedEntry]:
-    """Every (architecture, tag) open_clip knows, marking those whose weights are cached locally."""
+def list_pretrained_models(cached_only: bool = False, name_filter: str | None = None) -> list[PretrainedEntry]:
+    """Every (architecture, tag) open_clip knows, marking those whose weights are cached locally;
+    ``name_filter`` keeps those whose architecture or tag contains it (case-insensitive)."""
     import open_clip
 
     register_model_configs()
+    needle = (name_filter or "").strip().lower()
     entries = [
         PretrainedEntry(arch, tag, cached_tag_weights(arch, tag) is not None)
         for arch, tag in open_clip.list_pretrained()
+        if needle in arch.lower() or needle in tag.lower()
     ]
     return [e for e in entries if e.cached] if cached_only else entries

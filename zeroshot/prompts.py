@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -131,8 +132,9 @@ def validate_templates(templates: list[str], source: str) -> tuple[str, ...]:
     return tuple(normalized)
 
 
-def resolve_templates(spec: str) -> TemplateSet:
-    """A built-in set name or alias, a file of templates, or one literal template."""
+def resolve_templates(spec: str, option: str = "--templates") -> TemplateSet:
+    """A built-in set name or alias, a file of templates, or one literal template. ``option``
+    names where ``spec`` came from in error messages."""
     name = TEMPLATE_ALIASES.get(spec.strip().lower(), spec.strip().lower())
     if name in builtin_template_sets():
         return TemplateSet(name, validate_templates(load_builtin("templates", name), name))
@@ -140,12 +142,22 @@ def resolve_templates(spec: str) -> TemplateSet:
     if path.is_file():
         return TemplateSet(str(path), validate_templates(read_entries(path, "templates"), str(path)))
     if PLACEHOLDER in normalize_template(spec):
-        return TemplateSet(spec, validate_templates([spec], "--templates"))
+        return TemplateSet(spec, validate_templates([spec], option))
     known = ", ".join(builtin_template_sets() + sorted(TEMPLATE_ALIASES))
     raise UsageError(
-        f"--templates {spec!r} is not a built-in set ({known}), an existing file, or a template "
+        f"{option} {spec!r} is not a built-in set ({known}), an existing file, or a template "
         "with {} where the label goes"
     )
+
+
+def as_template_set(templates: TemplateSet | str | Sequence[str]) -> TemplateSet:
+    """Whatever a public function takes as templates: a :class:`TemplateSet`, a set name, file
+    or literal template (as ``--templates`` takes), or a list of template strings."""
+    if isinstance(templates, TemplateSet):
+        return templates
+    if isinstance(templates, str):
+        return resolve_templates(templates)
+    return TemplateSet("custom", validate_templates(list(templates), "templates"))
 
 
 # -------------------------------------------------------------------------------------- labels
@@ -182,7 +194,7 @@ def resolve_labels(
     if labels_file:
         builtin = labels_file.strip().lower()
         path = Path(labels_file).expanduser()
-        if path.is_file() or not (builtin in builtin_class_sets()):
+        if path.is_file() or builtin not in builtin_class_sets():
             collected += read_entries(path, "labels")
             sources.append(str(path))
         else:

@@ -20,8 +20,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import OutputError, UsageError
-from .output import Prediction
+from ..errors import OutputError, UsageError
+from .rows import Prediction
 
 JOURNAL_VERSION = 1
 JOURNAL_SUFFIX = ".zeroshot-journal"
@@ -253,3 +253,66 @@ def check_resumable(state: JournalState, fp: dict[str, Any], output: Path) -> No
             f"--resume: {output} was started with a different {difference}; its rows would be stale. "
             "Run without --resume to start over"
         )
+
+
+class ResumableOutput:
+    """The journal side of a run writing ``output``: opened (or resumed) before the run, fed
+    every finished row, removed when the output file is complete.
+
+    After :meth:`open`: ``done`` holds the rows an interrupted run finished (empty unless
+    resuming); ``resumed``, ``dropped`` (torn rows discarded), ``discarded`` (an unfinished run
+    was thrown away because ``resume`` was not asked for) and ``nothing_to_resume`` say what
+    happened, for the caller to report."""
+
+    def __init__(self, output: Path, fp: dict[str, Any], journal: Journal, done: dict[str, Prediction],
+                 dropped: int = 0, discarded: bool = False, nothing_to_resume: bool = False) -> None:
+        self.output = Path(output)
+        self.fingerprint = fp
+        self.journal: Journal | None = journal
+        self.done = done
+        self.dropped = dropped
+        self.discarded = discarded
+        self.nothing_to_resume = nothing_to_resume
+
+    @property
+    def resumed(self) -> bool:
+        return bool(self.done) or self.dropped > 0
+
+    @classmethod
+    def open(cls, output: Path, fp: dict[str, Any], resume: bool) -> ResumableOutput:
+        """Start a journal for ``output``, or continue the existing one when ``resume``
+        (refused with :class:`UsageError` when its fingerprint differs from ``fp``)."""
+        path = journal_path(output)
+        if not path.exists():
+            return cls(output, fp, Journal.create(path, fp), {}, nothing_to_resume=resume)
+        if not resume:
+            remove_stale_temporaries(output)
+            return cls(output, fp, Journal.create(path, fp), {}, discarded=True)
+        state = read_journal(path)
+        check_resumable(state, fp, output)
+        remove_stale_temporaries(output)
+        return cls(output, fp, Journal.reopen(path, state), state.rows, dropped=state.dropped)
+
+    def record(self, pred: Prediction) -> None:
+        if self.journal is not None:
+            self.journal.record(pred)
+
+    def sync(self) -> None:
+        if self.journal is not None:
+            self.journal.sync()
+
+    def merged(self, order: Sequence[str], fresh: Iterable[Prediction]) -> Iterator[Prediction]:
+        """The rows of the whole run in ``order``: kept ones and ``fresh`` ones."""
+        return merge_in_order(order, self.done, fresh) if self.done else iter(fresh)
+
+    def close(self) -> None:
+        """Keep the journal (the run was interrupted): everything recorded is made durable."""
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
+
+    def finish(self) -> None:
+        """The output file is complete: the journal is no longer needed."""
+        if self.journal is not None:
+            self.journal.remove()
+            self.journal = None

@@ -1,50 +1,41 @@
-"""``zeroshot eval``: zero-shot accuracy on labelled datasets (registered on the main app).
+"""``zeroshot eval``: zero-shot accuracy on labelled datasets.
 
-Options in, :mod:`zeroshot.evaluate` calls, rendering out; the metrics table is the command's
+Options in, :mod:`zeroshot.tasks.evaluate` calls, rendering out; the metrics table is the command's
 data (stdout), progress, skipped images and the summary go to stderr.
 """
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from .cli import (
+from ..data.decode import DEFAULT_MAX_PIXELS
+from ..errors import UsageError
+from ..models import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from .console import EXIT_PARTIAL, Progress, cli_errors, printable, rate_text, say, status
+from .options import (
+    DATASET_PANEL,
     INPUT_PANEL,
     OUTPUT_PANEL,
     PROMPT_PANEL,
     BatchOpt,
+    DatasetName,
     DeviceOpt,
+    HiddenOpt,
     ModelOpt,
     NoCacheOpt,
     Precision,
     PrecisionOpt,
     PretrainedOpt,
     QuietOpt,
+    RawCsvOpt,
     WorkersOpt,
-    app,
+    fast_decode_option,
 )
-from .console import EXIT_PARTIAL, cli_errors, printable, progress_bar, rate_text, say, stderr
-from .errors import UsageError
-from .images import DEFAULT_MAX_PIXELS
-from .models import DEFAULT_MODEL, DEFAULT_PRETRAINED
-
-DATASET_PANEL = "Dataset"
-
-
-class DatasetName(str, Enum):
-    imagenet = "imagenet"
-    cifar10 = "cifar10"
-    cifar100 = "cifar100"
-    folder = "folder"
-    csv = "csv"
-
 
 EvalTemplatesOpt = Annotated[Optional[list[str]], typer.Option("--templates", "-t", rich_help_panel=PROMPT_PANEL,
     help="Template set to score (repeatable: every set is scored against the same image embeddings). Built-in set "
@@ -67,21 +58,26 @@ def _location(dataset: DatasetName, path: Optional[str], root: Optional[str]) ->
     return where
 
 
-def _percent(value: Optional[float]) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f}"
+def _cell(value: Optional[float], percent: bool) -> str:
+    if value is None:
+        return "n/a"
+    return f"{100 * value:.2f}" if percent else f"{value:.6g}"
 
 
 def _print_table(result) -> None:
-    header = ("template set", "templates", "top-1", "top-5", "mean per-class recall")
-    rows = [(r.templates, str(r.num_templates), _percent(r.acc1), _percent(r.acc5), _percent(r.mean_per_class_recall))
-            for r in result.results]
-    if sys.stdout.isatty():
+    """A table on a terminal (percent); tab-separated fractions, as in the JSON, when piped."""
+    percent = sys.stdout.isatty()
+    unit = "%" if percent else "fraction"
+    header = ("template set", "templates", f"top-1 ({unit})", f"top-5 ({unit})", f"mean per-class recall ({unit})")
+    rows = [(r.templates, str(r.num_templates), _cell(r.acc1, percent), _cell(r.acc5, percent),
+             _cell(r.mean_per_class_recall, percent)) for r in result.results]
+    if percent:
         from rich.console import Console
         from rich.table import Table
 
         table = Table(*header, show_edge=False, header_style="bold",
                       caption=f"{result.dataset}: {result.num_images} images, {len(result.classnames)} classes, "
-                              f"{result.model} ({result.pretrained or 'random init'}); accuracy in %")
+                              f"{result.model} ({result.pretrained or 'random init'})")
         for column in table.columns[1:]:
             column.justify = "right"
         for row in rows:
@@ -93,7 +89,6 @@ def _print_table(result) -> None:
             typer.echo("\t".join(printable(c) for c in row))
 
 
-@app.command("eval")
 def eval_command(
     dataset: Annotated[DatasetName, typer.Argument(show_default=False,
         help="imagenet (ImageNet-1k val, wnid folders), cifar10, cifar100, folder (class = sub-folder), csv (path,label manifest).")],
@@ -108,12 +103,10 @@ def eval_command(
         help="cifar10/cifar100: download the dataset into --root if it is not there.")] = False,
     limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, rich_help_panel=DATASET_PANEL,
         help="Evaluate only the first N images of every class (quick runs).")] = None,
-    hidden: Annotated[bool, typer.Option("--hidden", rich_help_panel=INPUT_PANEL,
-        help="Include dot-files and dot-folders (skipped by default).")] = False,
+    hidden: HiddenOpt = False,
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, rich_help_panel=INPUT_PANEL,
         help="Skip (and count as wrong) images with more pixels than this.")] = DEFAULT_MAX_PIXELS,
-    fast_decode: Annotated[bool, typer.Option("--fast-decode", rich_help_panel=INPUT_PANEL,
-        help="Decode large JPEGs at reduced scale (faster; not bit-exact with the model's preprocessing).")] = False,
+    fast_decode: Annotated[bool, fast_decode_option(False)] = False,
     labels: Annotated[Optional[str], typer.Option("--labels", "-L", rich_help_panel=PROMPT_PANEL,
         help="Override the class names: a file with one label per class, in class-index order, or a built-in class set.")] = None,
     templates: EvalTemplatesOpt = None,
@@ -124,22 +117,27 @@ def eval_command(
     batch_size: BatchOpt = None,
     workers: WorkersOpt = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", rich_help_panel=OUTPUT_PANEL, dir_okay=False,
-        help="Write the results JSON here (CLIP_benchmark keys plus every template set, counts, skipped images).")] = None,
+        help="Write the results JSON here (.json; CLIP_benchmark keys plus every template set, counts, skipped images).")] = None,
     predictions: Annotated[Optional[Path], typer.Option("--predictions", rich_help_panel=OUTPUT_PANEL, dir_okay=False,
-        help="Per image: path, true label, predicted label, score, correct (.csv, .tsv or .jsonl).")] = None,
+        help="Per image and template set: path, true label, predicted label, score, correct, error; the format "
+             "from the extension (.csv .tsv .jsonl .json .parquet).")] = None,
     per_class: Annotated[Optional[Path], typer.Option("--per-class", rich_help_panel=OUTPUT_PANEL, dir_okay=False,
-        help="Per-class accuracy, worst first (.csv, .tsv or .jsonl).")] = None,
-    raw_csv: Annotated[bool, typer.Option("--raw-csv", rich_help_panel=OUTPUT_PANEL,
-        help="Do not neutralise spreadsheet formulas (cells starting with = + - @) in CSV/TSV.")] = False,
+        help="Per-class accuracy (fraction), worst first; the format from the extension.")] = None,
+    raw_csv: RawCsvOpt = False,
     no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Zero-shot accuracy (top-1, top-5, mean per-class recall) of a model on a labelled dataset,
     for one or several template sets in one pass over the images."""
-    from .evaluate import DEFAULT_TEMPLATES, evaluate, load_dataset, write_json, write_rows
-    from .models import load_model
-    from .prompts import resolve_labels, resolve_templates
+    from ..data.datasets import DEFAULT_TEMPLATES, load_dataset
+    from ..encode.embed import EmbedSettings
+    from ..models import load_model, resolve_weights
+    from ..output.writers import format_for_path
+    from ..prompts import resolve_labels, resolve_templates
+    from ..tasks.evaluate import evaluate, write_per_class_file, write_predictions_file, write_results_json
 
+    started = time.perf_counter()
+    result = None
     with cli_errors(quiet):
         where = _location(dataset, path, root)
         if classnames is not None and dataset not in (DatasetName.folder, DatasetName.csv):
@@ -148,65 +146,67 @@ def eval_command(
             raise UsageError(f"--download is only for cifar10 and cifar100; put the {dataset.value} data in place yourself")
         for option, target in (("--output", output), ("--predictions", predictions), ("--per-class", per_class)):
             _check_output(option, target)
+            if target is not None:
+                fmt = format_for_path(target, option)
+                if option == "--output" and fmt.name != "json":
+                    raise UsageError(f"--output {target}: the results file is JSON; name it .json "
+                                     "(per-image rows go to --predictions)")
         template_sets = [resolve_templates(t) for t in (templates or [DEFAULT_TEMPLATES[dataset.value]])]
         data = load_dataset(dataset.value, where, classnames=classnames, download=download, include_hidden=hidden)
         if labels:
             data = data.with_classnames(resolve_labels(labels), f"--labels {labels}")
         data = data.limit(limit)
 
-        status = stderr.status(f"loading {model} ({pretrained or 'random init'})", spinner="dots") \
-            if not quiet and stderr.is_terminal else contextlib.nullcontext()
-        with status:
-            loaded = load_model(model, pretrained, device, precision.value)
+        weights = resolve_weights(model, pretrained)
+        with status(f"loading {model} ({pretrained or 'random init'})", quiet):
+            loaded = load_model(weights, device=device, precision=precision.value)
         say(f"evaluating {len(data)} images, {len(data.classnames)} classes, "
             f"{len(template_sets)} template set(s) on {loaded.device} ({loaded.precision})", quiet)
 
-        with progress_bar(quiet) as bar:
+        with Progress(quiet) as progress:
             text_tasks: dict[str, int] = {}
             image_task = None
             image_started = time.perf_counter()
 
             def text_progress(name: str, done: int, total: int) -> None:
                 if name not in text_tasks:
-                    text_tasks[name] = bar.add_task(f"prompts {name}", total=total, rate="")
-                bar.update(text_tasks[name], completed=done, total=total)
+                    text_tasks[name] = progress.add_task(f"prompts {name}", total=total)
+                progress.update(text_tasks[name], done, total)
 
             def image_progress(done: int, total: int) -> None:
                 nonlocal image_task, image_started
                 if image_task is None:
-                    image_task = bar.add_task("images", total=total, rate="")
+                    image_task = progress.add_task("images", total=total)
                     image_started = time.perf_counter()
-                bar.update(image_task, completed=done, rate=rate_text(done, time.perf_counter() - image_started))
+                progress.update(image_task, done, total, rate_text(done, time.perf_counter() - image_started))
 
             def skip(image: str, reason: str) -> None:
-                if not quiet:
-                    bar.console.print(f"skipping {printable(image)}: {printable(reason)}", markup=False, highlight=False)
+                progress.print(f"skipping {printable(image)}: {printable(reason)}")
 
-            result = evaluate(
-                loaded, data, template_sets, batch_size=batch_size, workers=workers, cache=not no_cache,
-                max_pixels=max_pixels, exact_preprocess=not fast_decode,
-                on_text_progress=text_progress, on_image_progress=image_progress, on_skip=skip,
-            )
+            settings = EmbedSettings(batch_size, workers, max_pixels, fast_decode)
+            result = evaluate(loaded, data, template_sets, settings, cache=not no_cache,
+                              on_text_progress=text_progress, on_image_progress=image_progress, on_skip=skip)
 
         _print_table(result)
         written = []
         if output is not None:
-            write_json(result, output)
+            write_results_json(result, output)
             written.append(str(output))
         if predictions is not None:
-            write_rows(result.prediction_rows(), predictions, safe_csv=not raw_csv)
+            write_predictions_file(result, predictions, safe_csv=not raw_csv)
             written.append(str(predictions))
         if per_class is not None:
-            write_rows(result.per_class_rows(), per_class, safe_csv=not raw_csv)
+            write_per_class_file(result, per_class, safe_csv=not raw_csv)
             written.append(str(per_class))
 
-        loaded_count = int(result.loaded.sum())
-        summary = (f"evaluated {result.num_images} images ({len(result.classnames)} classes) in {result.seconds:.1f}s "
-                   f"(images {rate_text(loaded_count, result.image_seconds) or '-'})")
+        encoded = int(result.encoded.sum())
+        summary = (f"evaluated {result.num_images} images ({len(result.classnames)} classes) in "
+                   f"{time.perf_counter() - started:.1f}s (images {result.image_seconds:.1f}s, "
+                   f"{rate_text(encoded, result.image_seconds) or '-'})")
         if result.skipped:
             summary += f"; skipped {len(result.skipped)} unreadable image(s), counted as wrong"
         if written:
             summary += f"; wrote {', '.join(printable(w) for w in written)}"
         say(summary, quiet)
-    if result.skipped:
+    if result is not None and result.skipped:
         raise typer.Exit(EXIT_PARTIAL)

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from .models import LoadedModel
-from .scoring import normalize
-
-_SHORTCUT = "class_token_shortcut"  # LoadedModel.extra: absent (unchecked), True (verified), False (off)
+from ..models import LoadedModel
+from ..scoring import normalize
 
 
 def supports_class_token_shortcut(model: torch.nn.Module) -> bool:
@@ -71,7 +69,7 @@ def encode_images(loaded: LoadedModel, pixels: torch.Tensor, shortcut: bool = Tr
     """L2-normalised float32 image embeddings ``[N, dim]`` for a preprocessed batch (on the
     model's device). ``shortcut=False`` always runs the model's own ``encode_image``."""
     model = loaded.model
-    verified = loaded.extra.get(_SHORTCUT)
+    verified = loaded.class_token_shortcut
     use = shortcut and verified is not False and supports_class_token_shortcut(model)
     with torch.inference_mode(), loaded.autocast():
         pixels = pixels.to(loaded.device, non_blocking=True)
@@ -80,7 +78,7 @@ def encode_images(loaded: LoadedModel, pixels: torch.Tensor, shortcut: bool = Tr
         else:
             features = _encode_image_class_token(model, pixels)
             if verified is None:
-                loaded.extra[_SHORTCUT] = _shortcut_agrees(loaded, pixels[:2], features[:2])
-                if not loaded.extra[_SHORTCUT]:
+                loaded.class_token_shortcut = _shortcut_agrees(loaded, pixels[:2], features[:2])
+                if not loaded.class_token_shortcut:
                     features = model.encode_image(pixels)
     return normalize(features.float())

@@ -9,24 +9,21 @@ pooling, SigLIP-style custom text towers) run the ordinary full-length forward.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from . import __version__
-from .errors import ZeroshotWarning
-from .models import LoadedModel
-from .prompts import fill
-from .scoring import normalize
+from ..errors import ZeroshotError, ZeroshotWarning
+from ..models import LoadedModel
+from ..prompts import TemplateSet, as_template_set, fill
+from ..scoring import normalize
+
+if TYPE_CHECKING:
+    from .cache import ClassWeightCache
 
 Progress = Callable[[int, int], None]  # (done, total)
-CACHE_FORMAT = 1
 
 
 class LabelTruncatedWarning(ZeroshotWarning):
@@ -97,7 +94,8 @@ def encode_prompts(
             out[index] = features
             if progress:
                 progress(min(start + batch_size, len(prompts)), len(prompts))
-    assert out is not None
+    if out is None:
+        raise ZeroshotError("no prompts to encode")
     return out
 
 
@@ -119,13 +117,17 @@ def build_prompts(labels: Sequence[str], templates: Sequence[str]) -> list[str]:
 def build_class_weights(
     loaded: LoadedModel,
     labels: Sequence[str],
-    templates: Sequence[str],
+    templates: TemplateSet | str | Sequence[str],
     batch_size: int = 256,
     progress: Progress | None = None,
-    cache: "ClassWeightCache | None" = None,
+    cache: ClassWeightCache | None = None,
 ) -> torch.Tensor:
     """Class weights ``[classes, dim]``: normalise each prompt embedding, average over the
-    templates of a class, normalise again (the CLIP paper's prompt ensemble)."""
+    templates of a class, normalise again (the CLIP paper's prompt ensemble).
+
+    ``templates`` is a :class:`~zeroshot.prompts.TemplateSet` (e.g. from ``resolve_templates``),
+    a set name (``"openai-7"``) or a list of template strings."""
+    templates = as_template_set(templates).templates
     key = cache.key(loaded, labels, templates) if cache else None
     if cache and key:
         hit = cache.get(key, labels)
@@ -170,67 +172,3 @@ def warn_truncated(loaded: LoadedModel, labels: Sequence[str], templates: Sequen
             stacklevel=3,
         )
     return cut
-
-
-# ------------------------------------------------------------------------------------- caching
-
-
-def default_cache_dir() -> Path:
-    """``$ZEROSHOT_CACHE_DIR``, else the platform's user cache folder (e.g. ~/.cache/zeroshot)."""
-    env = os.environ.get("ZEROSHOT_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("zeroshot", appauthor=False))
-
-
-class ClassWeightCache:
-    """Class weights on disk, keyed by everything that determines them."""
-
-    def __init__(self, directory: Path | None = None) -> None:
-        self.directory = Path(directory) if directory else default_cache_dir() / "class-weights"
-
-    def key(self, loaded: LoadedModel, labels: Sequence[str], templates: Sequence[str]) -> str:
-        import open_clip
-
-        identity = {
-            "format": CACHE_FORMAT,
-            "model": loaded.name,
-            "weights": loaded.weights_id,
-            "labels": list(labels),
-            "templates": list(templates),
-            "precision": loaded.precision,
-            "device": loaded.device.type,
-            "torch": torch.__version__,
-            "open_clip": open_clip.__version__,
-            "zeroshot": __version__,
-        }
-        blob = json.dumps(identity, ensure_ascii=False, sort_keys=True).encode("utf-8")
-        return hashlib.sha256(blob).hexdigest()[:32]
-
-    def path(self, key: str) -> Path:
-        return self.directory / f"{key}.pt"
-
-    def get(self, key: str, labels: Sequence[str]) -> torch.Tensor | None:
-        path = self.path(key)
-        if not path.is_file():
-            return None
-        try:
-            entry = torch.load(path, map_location="cpu", weights_only=True)
-            weights = entry["weights"]
-            if list(entry["labels"]) != list(labels) or weights.shape[0] != len(labels):
-                return None
-            return weights
-        except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt, never fatal
-            return None
-
-    def put(self, key: str, labels: Sequence[str], weights: torch.Tensor) -> None:
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-            with os.fdopen(fd, "wb") as handle:
-                torch.save({"weights": weights.contiguous(), "labels": list(labels)}, handle)
-            os.replace(tmp, self.path(key))
-        except OSError as err:
-            warnings.warn(f"could not write class-weight cache in {self.directory}: {err}", stacklevel=2)

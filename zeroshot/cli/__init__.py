@@ -1,0 +1,111 @@
+"""The ``zeroshot`` command line: a thin client of the library, one module per command.
+
+The app is built here and every command registered here, so no command module imports this one
+(no import cycle). Only what ``--help`` needs is imported at start-up: torch and open_clip load
+inside the commands that use them.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from .._version import __version__
+from . import classify as classify_cmd
+from . import evaluate as evaluate_cmd
+from . import models as models_cmd
+from .console import EXIT_USAGE, handle_sigterm, printable, stderr
+from .templates import templates_app
+
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors from option parsing as one ``error: ...`` line (suggestion kept) instead
+    of a boxed panel; ``zeroshot`` alone still prints the help. Plain flags show no type."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _plain_flags(self)
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except NoArgsIsHelpError as err:
+            typer.echo(err.ctx.get_help() if err.ctx else str(err), err=True)
+            code = EXIT_USAGE
+        except ClickException as err:
+            command = err.ctx.command_path if getattr(err, "ctx", None) else (prog_name or "zeroshot")
+            message = " ".join(printable(err.format_message()).split())
+            stderr.print(f"error: {message} (see '{command} --help')", markup=False, highlight=False)
+            code = err.exit_code
+        except typer.Abort:
+            stderr.print("interrupted", markup=False)
+            code = 130
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _plain_flags(command: Any) -> None:
+    """Flags (``--resume``, ``--quiet``, ``--help``) take no value: show no ``<bool>`` for them."""
+    for param in getattr(command, "params", []):
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    original = command.get_help_option
+
+    def help_option(ctx: Any) -> Any:
+        option = original(ctx)
+        if option is not None and option.metavar is None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = help_option
+    for sub in getattr(command, "commands", {}).values():
+        _plain_flags(sub)
+
+
+app = typer.Typer(
+    name="zeroshot",
+    cls=OneLineErrors,
+    help="Zero-shot image classification with CLIP models: classify images into labels nobody trained on.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings=HELP_OPTIONS,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"zeroshot {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
+) -> None:
+    """Zero-shot image classification with CLIP models."""
+
+
+app.command("classify", context_settings=HELP_OPTIONS)(classify_cmd.classify)
+app.command("eval", context_settings=HELP_OPTIONS)(evaluate_cmd.eval_command)
+app.command("models", context_settings=HELP_OPTIONS)(models_cmd.models)
+app.add_typer(templates_app, name="templates")
+
+
+def main() -> None:
+    """Console-script entry point (SIGTERM behaves like Ctrl-C)."""
+    handle_sigterm()
+    app(prog_name="zeroshot")
+
+
+__all__ = ["app", "main"]

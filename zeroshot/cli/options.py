@@ -1,0 +1,51 @@
+"""Options shared by several commands, and the choice enums, made from the library's own lists."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+
+from ..data.datasets import DATASETS
+from ..output.writers import FORMAT_NAMES
+from ..precision import PRECISIONS
+
+MODEL_PANEL = "Model and device"
+PROMPT_PANEL = "Labels and prompts"
+INPUT_PANEL = "Inputs"
+OUTPUT_PANEL = "Output"
+DATASET_PANEL = "Dataset"
+
+Precision = Enum("Precision", {name: name for name in PRECISIONS}, type=str)  # type: ignore[misc]
+OutputFormat = Enum("OutputFormat", {name: name for name in ("auto", *FORMAT_NAMES)}, type=str)  # type: ignore[misc]
+DatasetName = Enum("DatasetName", {name: name for name in DATASETS}, type=str)  # type: ignore[misc]
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", envvar="ZEROSHOT_MODEL", rich_help_panel=MODEL_PANEL,
+    help="open_clip architecture (ViT-B-32, ViT-L-14, ...) or hf-hub:org/name.")]
+PretrainedOpt = Annotated[str, typer.Option("--pretrained", "-p", envvar="ZEROSHOT_PRETRAINED", rich_help_panel=MODEL_PANEL,
+    help="Pretrained tag (openai, laion2b_s34b_b79k, ...) or a local checkpoint (.pt/.bin/.safetensors).")]
+DeviceOpt = Annotated[str, typer.Option("--device", "-d", envvar="ZEROSHOT_DEVICE", rich_help_panel=MODEL_PANEL,
+    help="auto | cpu | cuda | cuda:N | mps. auto picks CUDA, then MPS, then CPU.")]
+PrecisionOpt = Annotated[Precision, typer.Option("--precision", envvar="ZEROSHOT_PRECISION", rich_help_panel=MODEL_PANEL,
+    help="auto: fp32 on CPU, bf16 (or fp16) autocast on GPU.")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, rich_help_panel=MODEL_PANEL,
+    help="Images per forward pass (default: 32 on CPU, 256 on GPU).")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", "-j", min=0, rich_help_panel=MODEL_PANEL,
+    help="Image decoding processes (default: sized to the machine; 0 decodes in the main process).")]
+TemplatesOpt = Annotated[str, typer.Option("--templates", "-t", rich_help_panel=PROMPT_PANEL,
+    help="Built-in set (80/openai-80, 7/openai-7, 1/photo, none, cifar), a file of templates, or one template with {}.")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", rich_help_panel=PROMPT_PANEL,
+    help="Do not read or write the on-disk class-weight cache.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, warnings or summary on stderr (errors still print).")]
+HiddenOpt = Annotated[bool, typer.Option("--hidden", rich_help_panel=INPUT_PANEL,
+    help="Include dot-files and dot-folders (skipped by default, e.g. macOS ._x.jpg).")]
+RawCsvOpt = Annotated[bool, typer.Option("--raw-csv", rich_help_panel=OUTPUT_PANEL,
+    help="Do not neutralise spreadsheet formulas (cells starting with = + - @ tab or CR) in CSV/TSV.")]
+
+
+def fast_decode_option(default: bool) -> object:
+    """``--fast-decode/--exact-decode``: the one decode-size setting (default differs per command)."""
+    return typer.Option("--fast-decode/--exact-decode", rich_help_panel=INPUT_PANEL,
+        help="fast: decode large JPEGs at reduced scale (DCT scaling, down to 2x the model input; faster, not "
+             "bit-exact). exact: full-size decode, bit-exact with the model's own preprocessing.")

@@ -1,0 +1,1 @@
+"""Image side, before the model: discovery, safe decoding, preprocessing, batching, datasets."""

@@ -1,0 +1,1 @@
+"""The model side: text prompts -> class weights (cached), images -> embeddings (one loop)."""

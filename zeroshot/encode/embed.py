@@ -1,0 +1,97 @@
+"""THE image -> embedding loop: every command that looks at images goes through here.
+
+    for batch in embed_images(loaded, discover(["photos/"]).items, EmbedSettings(fast_decode=True)):
+        batch.indices, batch.embeddings, batch.errors
+
+Decoding runs in worker processes (:mod:`zeroshot.data.loader`), pixels travel as uint8 and are
+normalised on the model's device, and the model runs the class-token shortcut where it applies.
+Batches come out in input order; inputs that failed (already at discovery, or while decoding)
+are reported in ``errors`` at their place, never dropped and never fatal. Nothing here knows
+about labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..data.decode import DEFAULT_MAX_PIXELS
+from ..data.discover import Source
+from ..data.loader import ImageDataset, MemoryImages, default_workers, iterate_batches
+from ..data.preprocess import Preprocessor
+from ..models import LoadedModel
+from .vision import encode_images
+
+
+def default_batch_size(device: torch.device) -> int:
+    return 256 if device.type == "cuda" else 32
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    """How images are read and batched. ``fast_decode`` lets large JPEGs decode at a reduced
+    scale (DCT scaling, down to twice the model input): faster, not bit-exact with the model's
+    own preprocessing. ``None`` batch size and workers are sized to the device."""
+
+    batch_size: int | None = None
+    workers: int | None = None
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    fast_decode: bool = False
+    decode_timeout: float = 300.0
+
+
+@dataclass
+class Embedded:
+    """One batch of results: L2-normalised float32 embeddings (on the CPU) for ``indices`` and
+    ``(index, "code: detail")`` for the inputs that could not be used. Indices are positions in
+    the input sequence; every input appears in exactly one batch, in ascending order."""
+
+    indices: list[int] = field(default_factory=list)
+    embeddings: torch.Tensor | None = None
+    errors: list[tuple[int, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.indices) + len(self.errors)
+
+
+def embed_images(
+    loaded: LoadedModel,
+    inputs: Sequence[Source] | Sequence[Any],
+    settings: EmbedSettings = EmbedSettings(),
+    preprocessor: Preprocessor | None = None,
+) -> Iterator[Embedded]:
+    """Embed ``inputs`` in order: :class:`~zeroshot.data.discover.Source` items (image files;
+    those carrying an ``error`` are reported as such) or images in memory (PIL images or HxWxC
+    uint8 arrays)."""
+    pre = preprocessor or Preprocessor(loaded.preprocess)
+    files = all(isinstance(item, Source) for item in inputs)
+    known = {i: str(item.error) for i, item in enumerate(inputs) if files and item.error is not None}
+    todo = [i for i in range(len(inputs)) if i not in known]
+    if files:
+        dataset: torch.utils.data.Dataset = ImageDataset([inputs[i] for i in todo], pre, settings.max_pixels,
+                                                         settings.fast_decode)
+    else:
+        dataset = MemoryImages(list(inputs), pre)
+    device = loaded.device
+    batch_size = settings.batch_size or default_batch_size(device)
+    workers = default_workers(device) if settings.workers is None else settings.workers
+    workers = min(workers, max(0, (len(todo) + batch_size - 1) // batch_size))
+    pending = sorted(known)  # known failures not yet reported, ascending
+    batches = iterate_batches(dataset, batch_size, workers, pin_memory=device.type == "cuda",
+                              timeout=settings.decode_timeout if workers else 0,
+                              low_priority=device.type == "cpu")
+    for batch in batches:
+        out = Embedded(indices=[todo[i] for i in batch.indices], errors=[(todo[i], e) for i, e in batch.errors])
+        if batch.pixels is not None:
+            out.embeddings = encode_images(loaded, pre.finish(batch.pixels, device)).cpu()
+        last = max(out.indices + [i for i, _ in out.errors])
+        while pending and pending[0] < last:
+            index = pending.pop(0)
+            out.errors.append((index, known[index]))
+        out.errors.sort()
+        yield out
+    if pending:
+        yield Embedded(errors=[(i, known[i]) for i in pending])

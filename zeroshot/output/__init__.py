@@ -1,0 +1,1 @@
+"""Rows and files: one format table for every command, atomic writes, the resume journal."""

@@ -1,0 +1,287 @@
+"""Zero-shot classification over a fixed label set, in memory or as a resumable run to a file.
+
+    from zeroshot import ZeroShotClassifier, classify_to_file
+    clf = ZeroShotClassifier(["cat", "dog"], templates="openai-7", device="cpu")
+    for pred in clf.classify_paths(["photos/"]):
+        print(pred.path, pred.label, pred.score)
+
+    # The same run the CLI does: atomic output file, resumable after a crash or Ctrl-C.
+    stats = classify_to_file(clf, ["photos/"], "out.csv", resume=True)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..data.discover import Discovery, discover
+from ..data.preprocess import Preprocessor
+from ..encode.cache import ClassWeightCache
+from ..encode.embed import EmbedSettings, embed_images
+from ..encode.text import Progress, build_class_weights
+from ..errors import UsageError
+from ..models import DEFAULT_MODEL, DEFAULT_PRETRAINED, LoadedModel, load_model
+from ..output.journal import ResumableOutput, fingerprint
+from ..output.rows import Prediction, to_dataframe
+from ..output.writers import Format, choose_format, write_predictions
+from ..prompts import TemplateSet, as_template_set, validate_labels
+from ..scoring import class_logits, probabilities, top_k
+
+
+@dataclass(frozen=True)
+class RankSettings:
+    """How probabilities become a row: ``top_k`` labels; below ``min_score`` the label is
+    ``unknown_label``."""
+
+    top_k: int = 1
+    min_score: float | None = None
+    unknown_label: str = "unknown"
+
+
+@dataclass
+class RunStats:
+    """Counts and timing of the last classification run (images only; the CLI adds model
+    loading and the text side to its summary)."""
+
+    total: int = 0
+    classified: int = 0
+    skipped: int = 0
+    kept: int = 0  # rows taken over from an interrupted run (--resume)
+    error_rows: int = 0  # rows of the written output that hold an error (kept ones included)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.classified / self.seconds if self.seconds else 0.0
+
+
+ProgressHook = Callable[[int, int], None]  # (done, total)
+PredictionHook = Callable[[Prediction], None]
+
+
+class ZeroShotClassifier:
+    """Classify images into ``labels`` with an open_clip model and a prompt-template ensemble.
+
+    The class weights are built once (and cached on disk unless ``cache=False``); every call
+    to the ``classify_*`` methods reuses them.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[str],
+        templates: str | TemplateSet | Sequence[str] = "openai-80",
+        model: str | LoadedModel = DEFAULT_MODEL,
+        pretrained: str | None = DEFAULT_PRETRAINED,
+        device: str = "auto",
+        precision: str = "auto",
+        cache: bool | str | os.PathLike = True,
+        text_batch_size: int = 256,
+        text_progress: Progress | None = None,
+        allow_duplicate_labels: bool = False,
+    ) -> None:
+        self.loaded = model if isinstance(model, LoadedModel) else load_model(model, pretrained, device, precision)
+        self.labels = validate_labels(list(labels), "labels", allow_duplicates=allow_duplicate_labels)
+        self.template_set = as_template_set(templates)
+        self.cache = None if cache is False else ClassWeightCache(None if cache is True else Path(cache))
+        self.class_weights = build_class_weights(
+            self.loaded, self.labels, self.template_set, text_batch_size, text_progress, self.cache
+        ).to(self.loaded.device)
+        self.preprocessor = Preprocessor(self.loaded.preprocess)
+        self.last_run = RunStats()
+
+    @property
+    def templates(self) -> tuple[str, ...]:
+        return self.template_set.templates
+
+    @property
+    def device(self) -> torch.device:
+        return self.loaded.device
+
+    def fingerprint(self, rank: RankSettings) -> dict:
+        """Everything that decides a row's content (the resume journal's identity)."""
+        return fingerprint(self.loaded.name, self.loaded.weights_id, self.labels, self.templates,
+                           rank.top_k, rank.min_score, rank.unknown_label)
+
+    # ------------------------------------------------------------------------------ tensors
+
+    def probabilities(self, features: torch.Tensor) -> torch.Tensor:
+        """Per-label probabilities ``[N, labels]`` for normalised image embeddings."""
+        logits = class_logits(features.cpu(), self.class_weights.cpu(), self.loaded.logit_scale, self.loaded.logit_bias)
+        return probabilities(logits, sigmoid=self.loaded.uses_sigmoid)
+
+    def rank(self, names: Sequence[str], features: torch.Tensor, rank: RankSettings = RankSettings()) -> list[Prediction]:
+        """Predictions for embeddings ``features`` of the inputs called ``names``."""
+        ranked = top_k(self.probabilities(features), self.labels, rank.top_k, rank.min_score, rank.unknown_label)
+        return [Prediction(name, r.labels, r.scores) for name, r in zip(names, ranked)]
+
+    # ------------------------------------------------------------------------------- images
+
+    def classify_images(
+        self,
+        images: Iterable[Image.Image],
+        names: Sequence[str] | None = None,
+        top_k: int = 1,
+        min_score: float | None = None,
+        unknown_label: str = "unknown",
+        batch_size: int | None = None,
+    ) -> list[Prediction]:
+        """Classify PIL images already in memory (decoded in this process)."""
+        images = list(images)
+        names = list(names) if names is not None else [f"<image {i}>" for i in range(len(images))]
+        rank = RankSettings(top_k, min_score, unknown_label)
+        settings = EmbedSettings(batch_size=batch_size, workers=0)
+        return list(self._predict(names, images, settings, rank))
+
+    def _predict(self, names: Sequence[str], inputs: Sequence, settings: EmbedSettings, rank: RankSettings,
+                 on_batch: Callable[[int], None] | None = None) -> Iterator[Prediction]:
+        """Predictions in input order, through the one embedding loop."""
+        for batch in embed_images(self.loaded, inputs, settings, self.preprocessor):
+            by_index = {i: Prediction(names[i], error=message) for i, message in batch.errors}
+            if batch.embeddings is not None:
+                preds = self.rank([names[i] for i in batch.indices], batch.embeddings, rank)
+                by_index.update(zip(batch.indices, preds))
+            yield from (by_index[i] for i in sorted(by_index))
+            if on_batch:
+                on_batch(len(batch))
+
+    # -------------------------------------------------------------------------------- paths
+
+    def classify_paths(
+        self,
+        inputs: Sequence[str | os.PathLike] | Discovery,
+        top_k: int = 1,
+        min_score: float | None = None,
+        unknown_label: str = "unknown",
+        batch_size: int | None = None,
+        workers: int | None = None,
+        recursive: bool = True,
+        include_hidden: bool = False,
+        max_pixels: int | None = EmbedSettings.max_pixels,
+        fast_decode: bool = True,
+        decode_timeout: float = 300.0,
+        on_progress: ProgressHook | None = None,
+        skip: Callable[[str], bool] | None = None,
+    ) -> Iterator[Prediction]:
+        """Yield one :class:`Prediction` per input, in the order given, as batches finish.
+
+        Unreadable inputs yield a prediction whose ``error`` is ``"<reason_code>: <detail>"``.
+        ``skip(path)`` returning True leaves an input out entirely (used by ``--resume``).
+        """
+        settings = EmbedSettings(batch_size, workers, max_pixels, fast_decode, decode_timeout)
+        yield from self.predict(inputs, settings, RankSettings(top_k, min_score, unknown_label),
+                                recursive, include_hidden, on_progress, skip)
+
+    def predict(
+        self,
+        inputs: Sequence[str | os.PathLike] | Discovery,
+        settings: EmbedSettings = EmbedSettings(fast_decode=True),
+        rank: RankSettings = RankSettings(),
+        recursive: bool = True,
+        include_hidden: bool = False,
+        on_progress: ProgressHook | None = None,
+        skip: Callable[[str], bool] | None = None,
+    ) -> Iterator[Prediction]:
+        """:meth:`classify_paths` with its settings as objects."""
+        found = inputs if isinstance(inputs, Discovery) else discover(inputs, recursive, include_hidden)
+        items = [s for s in found.items if not (skip and skip(s.path))]
+        stats = self.last_run = RunStats(total=len(items))
+        started = time.perf_counter()
+        done = 0
+
+        def progressed(count: int) -> None:
+            nonlocal done
+            done += count
+            stats.seconds = time.perf_counter() - started
+            if on_progress:
+                on_progress(done, stats.total)
+
+        for pred in self._predict([s.path for s in items], items, settings, rank, progressed):
+            stats.classified += pred.ok
+            stats.skipped += not pred.ok
+            yield pred
+        stats.seconds = time.perf_counter() - started
+
+    def classify(self, inputs: Sequence[str | os.PathLike], **kwargs) -> list[Prediction]:
+        """All predictions for files, folders and glob patterns, as a list."""
+        return list(self.classify_paths(inputs, **kwargs))
+
+    def classify_dataframe(self, inputs: Sequence[str | os.PathLike], top_k: int = 1, **kwargs):
+        """A pandas DataFrame with the CSV columns (path, label, score, ..., error)."""
+        return to_dataframe(self.classify_paths(inputs, top_k=top_k, **kwargs), top_k)
+
+
+# ---------------------------------------------------------------------------------- file runs
+
+
+def classify_to_file(
+    classifier: ZeroShotClassifier,
+    inputs: Sequence[str | os.PathLike] | Discovery,
+    output: str | os.PathLike | None = None,
+    *,
+    format: str | Format = "auto",
+    settings: EmbedSettings = EmbedSettings(fast_decode=True),
+    rank: RankSettings = RankSettings(),
+    resume: bool = False,
+    journal: ResumableOutput | None = None,
+    safe_csv: bool = True,
+    recursive: bool = True,
+    include_hidden: bool = False,
+    on_progress: ProgressHook | None = None,
+    on_prediction: PredictionHook | None = None,
+) -> RunStats:
+    """Classify ``inputs`` and write every row, in input order, to ``output`` (atomically) or
+    stdout (``output=None``). With an output file the run keeps a journal beside it, so an
+    interrupted run (Ctrl-C, SIGTERM, kill -9, power loss) continues with ``resume=True``; a
+    journal whose settings differ from this run's is refused (:class:`UsageError`).
+
+    ``journal`` is an already opened :class:`ResumableOutput` (the CLI opens it before the model
+    loads, so a refused resume fails fast). ``on_prediction`` sees every new row (e.g. to print
+    skipped files)."""
+    found = inputs if isinstance(inputs, Discovery) else discover(inputs, recursive, include_hidden)
+    path = Path(output) if output is not None else None
+    fmt = format if isinstance(format, Format) else choose_format(format, path, stdout_is_tty=False)
+    if journal is None and path is not None:
+        journal = ResumableOutput.open(path, classifier.fingerprint(rank), resume)
+    elif journal is not None and journal.fingerprint != classifier.fingerprint(rank):
+        raise UsageError(f"the journal of {journal.output} was opened for different run settings")
+    done = journal.done if journal is not None else {}
+
+    def record(pred: Prediction) -> Prediction:
+        if journal is not None:
+            journal.record(pred)
+        if on_prediction:
+            on_prediction(pred)
+        return pred
+
+    def progressed(count: int, total: int) -> None:
+        if journal is not None:
+            journal.sync()
+        if on_progress:
+            on_progress(count, total)
+
+    fresh = (record(p) for p in classifier.predict(found, settings, rank, on_progress=progressed,
+                                                 skip=done.__contains__ if done else None))
+    rows = journal.merged([s.path for s in found.items], fresh) if journal is not None else fresh
+    error_rows = 0
+
+    def counted(preds: Iterable[Prediction]) -> Iterator[Prediction]:
+        nonlocal error_rows
+        for pred in preds:
+            error_rows += not pred.ok
+            yield pred
+
+    try:
+        write_predictions(counted(rows), fmt, top_k=rank.top_k, output=path, safe_csv=safe_csv)
+    except BaseException:
+        if journal is not None:
+            journal.close()
+        raise
+    if journal is not None:
+        journal.finish()
+    return replace(classifier.last_run, kept=len(done), error_rows=error_rows)

@@ -1,0 +1,303 @@
+"""Zero-shot evaluation: accuracy on a labelled dataset for several prompt sets in one pass.
+
+    from zeroshot import load_model
+    from zeroshot.data.datasets import imagenet_dataset
+    from zeroshot.tasks.evaluate import evaluate
+
+    loaded = load_model("ViT-B-32", "openai")
+    result = evaluate(loaded, imagenet_dataset("/data/imagenet"), ["openai-80", "openai-7"])
+    for r in result.results:
+        print(r.templates, r.acc1, r.acc5, r.mean_per_class_recall)
+
+The images are decoded and encoded once (through the one embedding loop); their normalised
+embeddings are kept and every template set's class weights are scored against them. Metrics
+follow CLIP_benchmark (:mod:`zeroshot.metrics`). Images that cannot be read are **counted as
+wrong** (they stay in every denominator, so a broken file can never raise the accuracy) and
+reported in :attr:`EvalResult.skipped`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._version import __version__
+from ..data.datasets import EvalDataset
+from ..encode.cache import ClassWeightCache
+from ..encode.embed import EmbedSettings, embed_images
+from ..encode.text import build_class_weights
+from ..errors import UsageError
+from ..metrics import Metrics, metrics_from_topk, per_class_recall, predictions_from_topk, topk_indices
+from ..models import LoadedModel
+from ..output.writers import write_json_document, write_rows
+from ..prompts import TemplateSet, as_template_set
+from ..scoring import class_logits, probabilities
+
+TASK = "zeroshot_classification"
+_SCORE_CHUNK = 4096
+
+TextProgress = Callable[[str, int, int], None]  # (template set name, done, total)
+ImageProgress = Callable[[int, int], None]  # (done, total)
+SkipHook = Callable[[str, str], None]  # (path, "code: detail")
+
+
+@dataclass
+class TemplateResult:
+    """Metrics of one template set, with per-image predictions (``-1``: image not encoded)."""
+
+    templates: str
+    num_templates: int
+    metrics: Metrics
+    predictions: torch.Tensor  # [N] predicted class index
+    scores: torch.Tensor  # [N] probability of the predicted class (nan when not encoded)
+    class_correct: torch.Tensor  # [C]
+    class_total: torch.Tensor  # [C]
+
+    @property
+    def acc1(self) -> float:
+        return self.metrics.acc1
+
+    @property
+    def acc5(self) -> float | None:
+        return self.metrics.acc5
+
+    @property
+    def mean_per_class_recall(self) -> float:
+        return self.metrics.mean_per_class_recall
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"templates": self.templates, "num_templates": self.num_templates, "metrics": self.metrics.as_dict()}
+
+
+@dataclass
+class EvalResult:
+    """Everything one ``evaluate`` run measured."""
+
+    dataset: str
+    root: str
+    model: str
+    pretrained: str
+    classnames: tuple[str, ...]
+    paths: list[str]
+    targets: torch.Tensor
+    encoded: torch.Tensor  # [N] bool: the image was read and encoded
+    skipped: list[tuple[str, str]]
+    results: list[TemplateResult]
+    seconds: float
+    image_seconds: float
+    device: str = "cpu"
+    precision: str = "fp32"
+
+    @property
+    def metrics(self) -> Metrics:
+        """The first template set's metrics."""
+        return self.results[0].metrics
+
+    @property
+    def num_images(self) -> int:
+        return len(self.paths)
+
+    def as_dict(self) -> dict[str, Any]:
+        """CLIP_benchmark's result keys (for the first template set) plus every set and counts."""
+        first = self.results[0]
+        return {
+            "dataset": self.dataset,
+            "model": self.model,
+            "pretrained": self.pretrained,
+            "task": TASK,
+            "metrics": first.metrics.as_dict(),
+            "language": "en",
+            "templates": first.templates,
+            "num_templates": first.num_templates,
+            "template_sets": [r.as_dict() for r in self.results],
+            "images": self.num_images,
+            "classes": len(self.classnames),
+            "classes_with_images": int((self.results[0].class_total > 0).sum()),
+            "skipped": len(self.skipped),
+            "skipped_images": [{"path": p, "error": e} for p, e in self.skipped],
+            "seconds": round(self.seconds, 3),
+            "image_seconds": round(self.image_seconds, 3),
+            "root": self.root,
+            "device": self.device,
+            "precision": self.precision,
+            "zeroshot_version": __version__,
+        }
+
+    def prediction_rows(self) -> list[dict[str, Any]]:
+        """One row per image and template set: path, true/predicted label, score, correct, error."""
+        errors = dict(self.skipped)
+        rows = []
+        for r in self.results:
+            for i, (path, target) in enumerate(zip(self.paths, self.targets.tolist())):
+                pred = int(r.predictions[i])
+                rows.append({
+                    "path": path,
+                    "true_label": self.classnames[target],
+                    "predicted_label": self.classnames[pred] if pred >= 0 else None,
+                    "score": float(r.scores[i]) if pred >= 0 else None,
+                    "correct": pred == target,
+                    "templates": r.templates,
+                    "error": errors.get(path),
+                })
+        return rows
+
+    def per_class_rows(self) -> list[dict[str, Any]]:
+        """Per class with images (and template set): accuracy, worst first."""
+        rows = []
+        for r in self.results:
+            block = []
+            for c, name in enumerate(self.classnames):
+                total = int(r.class_total[c])
+                if total:
+                    correct = int(r.class_correct[c])
+                    block.append({"class": name, "class_index": c, "images": total, "correct": correct,
+                                  "accuracy": correct / total, "templates": r.templates})
+            rows += sorted(block, key=lambda row: (row["accuracy"], row["class_index"]))
+        return rows
+
+
+def score_features(
+    loaded: LoadedModel, features: torch.Tensor, weights: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor
+) -> tuple[Metrics, torch.Tensor, torch.Tensor]:
+    """Metrics, predicted classes and their probabilities for stored image features (scored in
+    chunks on the model's device; the metrics are :func:`zeroshot.metrics.metrics_from_topk`)."""
+    n = features.shape[0]
+    num_classes = weights.shape[0]
+    top = torch.zeros((n, min(5, num_classes)), dtype=torch.long)
+    scores = torch.full((n,), float("nan"))
+    weights = weights.to(loaded.device)
+    scale = loaded.logit_scale.to(loaded.device)
+    bias = None if loaded.logit_bias is None else loaded.logit_bias.to(loaded.device)
+    for start in range(0, n, _SCORE_CHUNK):
+        chunk = slice(start, start + _SCORE_CHUNK)
+        logits = class_logits(features[chunk].to(loaded.device), weights, scale, bias)
+        probs = probabilities(logits, sigmoid=loaded.uses_sigmoid)
+        best = topk_indices(logits)
+        top[chunk] = best.cpu()
+        scores[chunk] = probs.gather(1, best[:, :1]).squeeze(1).cpu()
+    scores[~valid] = float("nan")
+    return metrics_from_topk(top, targets, num_classes, valid), predictions_from_topk(top, valid), scores
+
+
+def evaluate(
+    loaded: LoadedModel,
+    dataset: EvalDataset,
+    template_sets: Sequence[str | TemplateSet | Sequence[str]] = ("openai-80",),
+    settings: EmbedSettings = EmbedSettings(),
+    cache: bool | str | os.PathLike = True,
+    text_batch_size: int = 256,
+    on_text_progress: TextProgress | None = None,
+    on_image_progress: ImageProgress | None = None,
+    on_skip: SkipHook | None = None,
+) -> EvalResult:
+    """Zero-shot accuracy of ``loaded`` on ``dataset`` for every template set, encoding each
+    image once. Unreadable images count as wrong and are listed in ``EvalResult.skipped``."""
+    started = time.perf_counter()
+    sets = [as_template_set(s) for s in template_sets]
+    if not sets:
+        raise UsageError("give at least one template set")
+    if len(dataset) == 0:
+        raise UsageError(f"{dataset.name} at {dataset.root or '?'} has no images")
+    unique: dict[tuple[str, ...], TemplateSet] = {}
+    for s in sets:  # the same set twice would be scored twice: drop repeats, keep order
+        unique.setdefault(s.templates, s)
+    sets = list(unique.values())
+    store = None if cache is False else ClassWeightCache(None if cache is True else Path(cache))
+
+    weights = []
+    for s in sets:
+        hook = (lambda done, total, _n=s.name: on_text_progress(_n, done, total)) if on_text_progress else None
+        weights.append(build_class_weights(loaded, dataset.classnames, s, text_batch_size, hook, store))
+
+    image_started = time.perf_counter()
+    features, encoded, skipped = encode_dataset(loaded, dataset, settings, on_image_progress, on_skip)
+    image_seconds = time.perf_counter() - image_started
+    targets = torch.tensor(dataset.targets, dtype=torch.long)
+    results = []
+    for s, w in zip(sets, weights):
+        metrics, predictions, scores = score_features(loaded, features, w, targets, encoded)
+        correct, total = per_class_recall(predictions, targets, len(dataset.classnames))
+        results.append(TemplateResult(s.name, len(s), metrics, predictions, scores, correct, total))
+    return EvalResult(
+        dataset=dataset.name,
+        root=dataset.root,
+        model=loaded.name,
+        pretrained=loaded.pretrained,
+        classnames=tuple(dataset.classnames),
+        paths=dataset.names,
+        targets=targets,
+        encoded=encoded,
+        skipped=skipped,
+        results=results,
+        seconds=time.perf_counter() - started,
+        image_seconds=image_seconds,
+        device=str(loaded.device),
+        precision=loaded.precision,
+    )
+
+
+def encode_dataset(
+    loaded: LoadedModel,
+    dataset: EvalDataset,
+    settings: EmbedSettings = EmbedSettings(),
+    on_progress: ImageProgress | None = None,
+    on_skip: SkipHook | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
+    """Normalised features ``[N, dim]`` (zeros where an image failed), an encoded mask, the skips."""
+    n = len(dataset)
+    names = dataset.names
+    features: torch.Tensor | None = None
+    encoded = torch.zeros(n, dtype=torch.bool)
+    skipped: list[tuple[str, str]] = []
+    done = 0
+    if on_progress:
+        on_progress(0, n)
+    for batch in embed_images(loaded, dataset.inputs(), settings):
+        for index, reason in batch.errors:
+            skipped.append((names[index], reason))
+            if on_skip:
+                on_skip(names[index], reason)
+        if batch.embeddings is not None:
+            if features is None:
+                features = torch.zeros(n, batch.embeddings.shape[1])
+            rows = torch.tensor(batch.indices, dtype=torch.long)
+            features[rows] = batch.embeddings
+            encoded[rows] = True
+        done += len(batch)
+        if on_progress:
+            on_progress(done, n)
+    if features is None:  # every image failed: zero features, all counted wrong
+        features = torch.zeros(n, _embed_dim(loaded))
+    return features, encoded, skipped
+
+
+def _embed_dim(loaded: LoadedModel) -> int:
+    dim = getattr(loaded.model, "embed_dim", None)
+    if dim:
+        return int(dim)
+    with torch.inference_mode():
+        return int(loaded.model.encode_text(loaded.tokenizer(["x"]).to(loaded.device)).shape[-1])
+
+
+# ======================================================================================== files
+
+
+def write_results_json(result: EvalResult, path: str | os.PathLike) -> None:
+    """The results JSON (CLIP_benchmark keys plus ours), written atomically (``--output``)."""
+    write_json_document(result.as_dict(), Path(path), "--output")
+
+
+def write_predictions_file(result: EvalResult, path: str | os.PathLike, safe_csv: bool = True) -> None:
+    """One row per image and template set (``--predictions``), in the format its extension names."""
+    write_rows(result.prediction_rows(), Path(path), "--predictions", safe_csv)
+
+
+def write_per_class_file(result: EvalResult, path: str | os.PathLike, safe_csv: bool = True) -> None:
+    """Per-class accuracy, worst first (``--per-class``), in the format its extension names."""
+    write_rows(result.per_class_rows(), Path(path), "--per-class", safe_csv)
