@@ -117,3 +117,53 @@ def test_trimming_is_off_where_padding_can_change_the_output(tiny_loaded, cfg):
     reference = open_clip.build_zero_shot_classifier(model, tiny_loaded.tokenizer, LABELS, list(templates),
                                                      num_classes_per_batch=2)
     assert (ours - reference.T).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("part", ["all", "text_projection", "visual.proj", "logit_scale"])
+def test_non_finite_weights_are_a_one_line_error_naming_the_checkpoint(tiny_ckpt, tmp_path, labels_file, image_dir, part):
+    """NaN or infinite weights would give every image a 'nan' score with exit 0: refuse instead."""
+    from typer.testing import CliRunner
+
+    from zeroshot.cli import app
+
+    state = torch.load(tiny_ckpt, weights_only=True)
+    for key, value in state.items():
+        if part == "all" or key == part:
+            state[key] = torch.full_like(value, float("nan")) if value.is_floating_point() else value
+    if part == "logit_scale":
+        state["logit_scale"] = torch.tensor(float("inf"))
+    broken = tmp_path / f"broken-{part.replace('.', '-')}.pt"
+    torch.save(state, broken)
+    result = CliRunner().invoke(app, ["classify", str(image_dir), "--labels", str(labels_file), "-m", "zs-tiny",
+                                      "-p", str(broken), "-t", "photo", "--no-cache", "-j", "0", "-f", "jsonl", "-q"])
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "NaN or infinite" in lines[0], lines
+    assert str(broken) in lines[0]
+    assert "nan" not in result.stdout.lower()
+
+
+def test_cache_on_a_full_disk_warns_once_and_leaves_no_temporary(tiny_loaded, tmp_path, monkeypatch, labels_file, image_dir, tiny_ckpt):
+    """ENOSPC while writing a cache entry: a visible warning, the run goes on, no .tmp left."""
+    import errno
+
+    from typer.testing import CliRunner
+
+    from zeroshot.cli import app
+
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        if hasattr(f, "write") and getattr(f, "name", None) is not None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    cache_dir = tmp_path / "zs-cache"
+    result = CliRunner().invoke(app, ["classify", str(image_dir), "--labels", str(labels_file), "-m", "zs-tiny",
+                                      "-p", str(tiny_ckpt), "-t", "photo", "-j", "0", "-f", "csv"])
+    assert result.exit_code == 0, result.output
+    warnings_seen = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings_seen) == 1 and "No space left on device" in warnings_seen[0], result.stderr
+    assert not [p for p in cache_dir.rglob("*") if p.is_file()], list(cache_dir.rglob("*"))
+    assert len(result.stdout.strip().splitlines()) == 7  # header + six images: the run went on

@@ -6,6 +6,7 @@ damaged or unreadable entry is rebuilt, never fatal, and a full disk only costs 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .._version import __version__
+from ..errors import ZeroshotWarning
 from ..models import LoadedModel
 
 CACHE_FORMAT = 1
@@ -73,11 +75,23 @@ class ClassWeightCache:
             return None
 
     def put(self, key: str, labels: Sequence[str], weights: torch.Tensor) -> None:
+        """Store an entry atomically. Failing to (a full disk, a read-only folder) only costs a
+        warning: the run goes on and no temporary file is left behind."""
+        tmp = None
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".", suffix=".tmp")
             with os.fdopen(fd, "wb") as handle:
                 torch.save({"weights": weights.contiguous(), "labels": list(labels)}, handle)
             os.replace(tmp, self.path(key))
-        except OSError as err:
-            warnings.warn(f"could not write class-weight cache in {self.directory}: {err}", stacklevel=2)
+        except (OSError, RuntimeError) as err:  # torch.save reports write failures as RuntimeError
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
+            warnings.warn(f"could not write the class-weight cache in {self.directory} ({reason}); "
+                          "continuing without caching", CacheWarning, stacklevel=2)
+
+
+class CacheWarning(ZeroshotWarning):
+    """The class-weight cache could not be written (the run is not affected)."""

@@ -23,6 +23,7 @@ from ..data.discover import Source
 from ..data.loader import ImageDataset, MemoryImages, default_workers, iterate_batches
 from ..data.preprocess import Preprocessor
 from ..models import LoadedModel
+from .text import NonFiniteError
 from .vision import encode_images
 
 
@@ -87,6 +88,8 @@ def embed_images(
         out = Embedded(indices=[todo[i] for i in batch.indices], errors=[(todo[i], e) for i, e in batch.errors])
         if batch.pixels is not None:
             out.embeddings = encode_images(loaded, pre.finish(batch.pixels, device)).cpu()
+            if not torch.isfinite(out.embeddings).all():
+                raise NonFiniteError(loaded, "the image tower")
         last = max(out.indices + [i for i, _ in out.errors])
         while pending and pending[0] < last:
             index = pending.pop(0)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..errors import ZeroshotError, ZeroshotWarning
+from ..errors import ModelLoadError, ZeroshotError, ZeroshotWarning
 from ..models import LoadedModel
 from ..prompts import TemplateSet, as_template_set, fill
 from ..scoring import normalize
@@ -128,6 +128,7 @@ def build_class_weights(
     ``templates`` is a :class:`~zeroshot.prompts.TemplateSet` (e.g. from ``resolve_templates``),
     a set name (``"openai-7"``) or a list of template strings."""
     templates = as_template_set(templates).templates
+    check_finite_scale(loaded)
     key = cache.key(loaded, labels, templates) if cache else None
     if cache and key:
         hit = cache.get(key, labels)
@@ -136,9 +137,30 @@ def build_class_weights(
     warn_truncated(loaded, labels, templates)
     features = encode_prompts(loaded, build_prompts(labels, templates), batch_size, progress)
     weights = normalize(features.view(len(labels), len(templates), -1).mean(dim=1))
+    if not torch.isfinite(weights).all():
+        raise NonFiniteError(loaded, "the text tower")
     if cache and key:
         cache.put(key, labels, weights)
     return weights
+
+
+class NonFiniteError(ModelLoadError):
+    """The model computes NaN or infinite values: its weights are broken (a damaged or
+    diverged checkpoint). Every score would be ``nan``, so the run stops instead."""
+
+    def __init__(self, loaded: LoadedModel, where: str) -> None:
+        weights = loaded.pretrained or "random weights"
+        super().__init__(
+            f"{where} of {loaded.name} ({weights}) produces NaN or infinite values: the checkpoint's weights "
+            "are broken (damaged file or diverged training); use another checkpoint"
+        )
+
+
+def check_finite_scale(loaded: LoadedModel) -> None:
+    """The learned temperature (and SigLIP's bias) must be finite numbers."""
+    bias = loaded.logit_bias
+    if not torch.isfinite(loaded.logit_scale).all() or (bias is not None and not torch.isfinite(bias).all()):
+        raise NonFiniteError(loaded, "the logit scale (temperature)")
 
 
 def token_count(tokenizer, text: str) -> int | None:
