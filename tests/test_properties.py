@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import tempfile
+import unicodedata
 import warnings
 from pathlib import Path
 
@@ -50,10 +51,12 @@ def test_validate_labels_accepts_or_raises_a_usage_error(labels):
     except UsageError as err:
         assert "\n" not in str(err)  # one line whatever the label holds
         stripped = [label.strip() for label in labels]
-        assert not labels or "" in stripped or len(set(stripped)) < len(stripped)
+        controls = any(unicodedata.category(c) == "Cc" for label in stripped for c in label)
+        assert not labels or "" in stripped or len(set(stripped)) < len(stripped) or controls
         return
     assert out == tuple(label.strip() for label in labels)
     assert len(set(out)) == len(out) and all(out)
+    assert not any(unicodedata.category(c) == "Cc" for label in out for c in label)
 
 
 @FAST

@@ -8,6 +8,7 @@ as the class-name placeholder.
 from __future__ import annotations
 
 import re
+import unicodedata
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,11 +61,25 @@ def read_entries(path: Path, what: str) -> list[str]:
     except OSError as err:
         raise UsageError(f"cannot read {what} file {path}: {err.strerror or err}") from None
     try:
-        return parse_lines(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise UsageError(
-            f"{what} file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8"
-        ) from None
+        hint = " (it looks like UTF-16)" if raw.startswith((b"\xff\xfe", b"\xfe\xff")) else ""
+        raise UsageError(f"{what} file {path} is not UTF-8 text{hint} (byte {err.start}); save it as UTF-8") from None
+    for number, line in enumerate(re.split(r"\r\n|\n|\r", text.removeprefix("\ufeff")), 1):
+        bad = control_character(line, allow_tab=True)
+        if bad is not None:
+            utf16 = " (NUL bytes: the file looks like UTF-16 without a byte-order mark)" if bad == "\x00" else ""
+            raise UsageError(f"{what} file {path}, line {number}: control character U+{ord(bad):04X}{utf16}; "
+                             "remove it, or save the file as UTF-8 text")
+    return parse_lines(text)
+
+
+def control_character(text: str, allow_tab: bool = False) -> str | None:
+    """The first control character (NUL, escape, DEL, C1 controls...) in ``text``, if any."""
+    for char in text:
+        if unicodedata.category(char) == "Cc" and not (allow_tab and char == "\t"):
+            return char
+    return None
 
 
 def _builtin_names(kind: str) -> list[str]:
@@ -168,6 +183,11 @@ def validate_labels(labels: list[str], source: str, allow_duplicates: bool = Fal
     cleaned = [label.strip() for label in labels]
     if any(not label for label in cleaned):
         raise UsageError(f"empty label in {source}; remove it")
+    for number, label in enumerate(cleaned, 1):
+        bad = control_character(label)
+        if bad is not None:
+            raise UsageError(f"label {number} ({label!r}) in {source} contains control character U+{ord(bad):04X}; "
+                             "labels must be printable text")
     if not cleaned:
         raise UsageError(f"no labels in {source}; give at least two")
     seen: set[str] = set()
