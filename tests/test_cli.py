@@ -12,10 +12,11 @@ import sys
 
 import pandas as pd
 import pytest
-from conftest import LABELS, make_image
 from typer.testing import CliRunner
 
 from zeroshot.cli import app
+
+from conftest import LABELS, make_image
 
 runner = CliRunner()
 

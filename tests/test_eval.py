@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_image
 from typer.testing import CliRunner
 
 from zeroshot.cli import app
@@ -22,6 +21,8 @@ from zeroshot.errors import UsageError
 from zeroshot.metrics import compute_metrics, mean_per_class_recall
 from zeroshot.prompts import load_builtin
 from zeroshot.tasks.evaluate import evaluate
+
+from conftest import make_image
 
 COLOUR_CLASSES = ["red", "green", "blue", "yellow", "purple", "black"]
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import open_clip
 import pytest
 import torch
-from conftest import COLOURS, make_image
 from PIL import Image
 
 from zeroshot import ZeroShotClassifier
+
+from conftest import COLOURS, make_image
 
 LABELS = ["a red thing", "a green thing", "a blue thing", "a striped pattern"]
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import LABELS, make_image
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -40,6 +39,8 @@ from zeroshot.output.journal import (
 from zeroshot.output.rows import Prediction
 from zeroshot.output.writers import FORMATS, atomic_file, write_predictions
 from zeroshot.tasks.classify import ZeroShotClassifier
+
+from conftest import LABELS, make_image
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 RED = (220, 30, 30)

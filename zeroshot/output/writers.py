@@ -26,11 +26,19 @@ from ..errors import OutputError, UsageError
 from .rows import Prediction, PredictionRecord, Record, columns, dict_records
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+QUOTE = "'"
 
 
 def neutralize_formula(cell: str) -> str:
-    """Prefix a quote to cells a spreadsheet would evaluate as a formula (CSV injection)."""
-    return "'" + cell if cell.startswith(FORMULA_PREFIXES) else cell
+    """Prefix a quote to cells a spreadsheet would evaluate as a formula (CSV injection), and to
+    cells that already start with a quote, so the escape is reversible: see :func:`restore_cell`."""
+    return QUOTE + cell if cell.startswith((*FORMULA_PREFIXES, QUOTE)) else cell
+
+
+def restore_cell(cell: str) -> str:
+    """The original text of a cell of the default (spreadsheet-safe) CSV/TSV: one leading quote
+    removed. ``restore_cell(neutralize_formula(x)) == x`` for every string."""
+    return cell[1:] if cell.startswith(QUOTE) else cell
 
 
 # ------------------------------------------------------------------------------------ writers
@@ -140,6 +148,49 @@ class ParquetWriter(CollectingWriter):
         pd.DataFrame(self.rows, columns=self.columns).to_parquet(self.stream, index=False)
 
 
+class XlsxWriter(Writer):
+    """An Excel workbook (openpyxl, streamed): text cells are always text (never a formula, so
+    nothing needs escaping), scores are numbers, Unicode is intact. Control characters that XML
+    cannot hold (and undecodable bytes of a file name) are written as visible ``\\xNN`` escapes."""
+
+    binary = True
+
+    def begin(self) -> None:
+        try:
+            from openpyxl import Workbook
+        except ImportError:
+            raise UsageError("--format xlsx needs openpyxl: pip install 'zeroshot[xlsx]'") from None
+        self.book = Workbook(write_only=True)
+        self.sheet = self.book.create_sheet("zeroshot")
+        self.sheet.append([self._cell(c) for c in self.columns])
+        self.sheet.freeze_panes = "A2"
+
+    def _cell(self, value: Any) -> Any:
+        from openpyxl.cell import WriteOnlyCell
+
+        if not isinstance(value, str):
+            return value
+        cell = WriteOnlyCell(self.sheet, value=_xml_safe(value))
+        cell.data_type = "s"  # text, even when it starts with "=": never evaluated
+        return cell
+
+    def write(self, record: Record) -> None:
+        self.sheet.append([self._cell(c) for c in record.flat()])
+
+    def end(self) -> None:
+        self.book.save(self.stream)
+
+
+def _xml_safe(text: str) -> str:
+    """Characters XML 1.0 cannot hold, as visible escapes (tab, newline and CR are kept)."""
+    out = []
+    for char in text:
+        code = ord(char)
+        bad = (code < 0x20 and char not in "\t\n\r") or 0xD800 <= code <= 0xDFFF or code in (0xFFFE, 0xFFFF)
+        out.append((f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}") if bad else char)
+    return "".join(out)
+
+
 class TableWriter(CollectingWriter):
     """A readable table (rich): for a terminal, not for parsing."""
 
@@ -183,6 +234,7 @@ FORMATS: dict[str, Format] = {
         Format("jsonl", (".jsonl", ".ndjson"), JsonlWriter),
         Format("json", (".json",), JsonWriter),
         Format("parquet", (".parquet", ".pq"), ParquetWriter),
+        Format("xlsx", (".xlsx",), XlsxWriter),
         Format("table", (), TableWriter),  # for a terminal: never chosen from a file name
     )
 }
@@ -261,9 +313,10 @@ def open_target(fmt: Format, stream: IO | None) -> IO:
     """stdout (or ``stream``) for ``fmt``: the byte buffer for binary formats."""
     target = stream if stream is not None else sys.stdout
     if fmt.writer.binary:
+        terminal = getattr(target, "isatty", lambda: False)()
         target = getattr(target, "buffer", target)
-        if not hasattr(target, "write") or isinstance(target, io.TextIOBase):
-            raise UsageError(f"--format {fmt.name} is binary: write it to a file with --output")
+        if terminal or not hasattr(target, "write") or isinstance(target, io.TextIOBase):
+            raise UsageError(f"--format {fmt.name} is binary: write it to a file with --output (or redirect stdout)")
     return target
 
 
