@@ -106,3 +106,19 @@ def test_eval_predictions_to_xlsx(tiny_ckpt, tmp_path):
     rows = list(openpyxl.load_workbook(preds).active.values)
     assert rows[0] == ("path", "true_label", "predicted_label", "score", "correct", "templates", "error")
     assert len(rows) == 5 and all(isinstance(r[4], bool) and isinstance(r[3], float) for r in rows[1:])
+
+
+def test_a_file_named_like_an_option_gets_a_hint(tiny_ckpt, tmp_path, monkeypatch):
+    """`zeroshot classify *.jpg` expands to `-2+3.jpg`, which the parser takes for options."""
+    monkeypatch.chdir(tmp_path)
+    make_image(tmp_path / "-2+3.jpg")
+    make_image(tmp_path / "a.jpg")
+    base = ["-l", "a", "-l", "b", "-m", "zs-tiny", "-p", str(tiny_ckpt), "-t", "photo", "-j", "0", "-f", "csv"]
+    result = CliRunner().invoke(app, ["classify", "-2+3.jpg", "a.jpg", *base])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "write ./-2+3.jpg or put -- before the file names" in lines[0], lines
+    for ok_args in (["classify", *base, "--", "-2+3.jpg", "a.jpg"], ["classify", "./-2+3.jpg", "a.jpg", *base]):
+        ok = CliRunner().invoke(app, ok_args)
+        assert ok.exit_code == 0, ok.output
+        assert len(ok.stdout.strip().splitlines()) == 3

@@ -7,6 +7,7 @@ inside the commands that use them.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated, Any
 
@@ -33,7 +34,7 @@ class OneLineErrors(TyperGroup):
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
-        from typer._click.exceptions import ClickException, NoArgsIsHelpError
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError, NoSuchOption
 
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
@@ -43,6 +44,10 @@ class OneLineErrors(TyperGroup):
         except ClickException as err:
             command = err.ctx.command_path if getattr(err, "ctx", None) else (prog_name or "zeroshot")
             message = " ".join(printable(err.format_message()).split())
+            dashed = _dashed_file(sys.argv[1:] if args is None else list(args))
+            if isinstance(err, NoSuchOption) and dashed:
+                message += (f"; {printable(dashed)!r} is a file whose name starts with '-': write ./{printable(dashed)} "
+                            "or put -- before the file names")
             stderr.print(f"error: {message} (see '{command} --help')", markup=False, highlight=False)
             code = err.exit_code
         except typer.Abort:
@@ -51,6 +56,16 @@ class OneLineErrors(TyperGroup):
         if not standalone_mode:
             return code
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _dashed_file(args: list[str]) -> str | None:
+    """The first argument that looks like an option but is an existing file (``-2+3.jpg``)."""
+    for arg in args:
+        if arg == "--":
+            return None
+        if arg.startswith("-") and len(arg) > 1 and os.path.exists(arg):
+            return arg
+    return None
 
 
 def _plain_flags(command: Any) -> None:
