@@ -147,7 +147,7 @@ def _layer_count(shapes: Shapes, prefixes: tuple[str, ...]) -> int:
     return len(found)
 
 
-def fitting_architectures(shapes: Shapes, exclude: str = "", budget_seconds: float = 8.0) -> list[str]:
+def fitting_architectures(shapes: Shapes, exclude: str = "", budget_seconds: float = 5.0) -> list[str]:
     """open_clip architectures whose state dict has exactly the keys and shapes of ``shapes``.
 
     Only configs whose embedding size, tower widths and depths occur in the checkpoint are
