@@ -48,7 +48,9 @@ def test_json_round_trip(tmp_path, fmt):
     rows = [json.loads(line) for line in text.splitlines()] if fmt == "jsonl" else json.loads(text)
     assert [r["path"] for r in rows] == [p.path for p in PREDS]
     assert rows[0]["predictions"] == [{"label": "cat", "score": 0.75}, {"label": "dog", "score": 0.25}]
-    assert rows[3] == {"path": "broken.jpg", "predictions": [], "error": "truncated: image file is truncated"}
+    assert rows[0]["label"] == "cat"  # the decision, always present next to the ranking
+    assert rows[3] == {"path": "broken.jpg", "label": None, "predictions": [],
+                       "error": "truncated: image file is truncated"}
     assert rows[0]["error"] is None
 
 

@@ -32,11 +32,13 @@ def test_normalize_unit_length():
     assert torch.allclose(x.norm(dim=-1), torch.ones(5))
 
 
-def test_top_k_orders_and_min_score_marks_unknown():
+def test_top_k_orders_and_min_score_decides_unknown():
     probs = torch.tensor([[0.1, 0.7, 0.2], [0.34, 0.33, 0.33]])
     ranked = top_k(probs, ("a", "b", "c"), k=2, min_score=0.5, unknown_label="none")
     assert ranked[0].labels == ("b", "c") and ranked[0].scores[0] == torch.tensor(0.7).item()
-    assert ranked[1].labels == ("none", "b")
+    assert ranked[0].label == "b"
+    # Below the threshold the decision is the unknown label; the ranking stays the true one.
+    assert ranked[1].label == "none" and ranked[1].labels == ("a", "b")
 
 
 def test_top_k_clamped_to_label_count():

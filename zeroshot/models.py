@@ -9,7 +9,9 @@ import difflib
 import logging
 import os
 import pickle
+import re
 import socket
+import struct
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from .checkpoints import (
+    ACCEPTED,
+    checkpoint_shapes,
+    describe_content,
+    describe_mismatch,
+    fitting_architectures,
+    model_shapes,
+    sniff,
+)
 from .errors import ModelLoadError, UsageError
 from .precision import autocast, resolve_device, resolve_precision
 
@@ -205,14 +216,29 @@ def _preprocess_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
     return {names[k]: v for k, v in cfg.items() if k in names and v is not None}
 
 
+def _unpickler_detail(message: str) -> str:
+    """The useful part of torch's long ``weights_only`` failure text."""
+    for line in message.splitlines():
+        line = line.strip()
+        if line and "WeightsUnpickler error" not in line and ("Unsupported" in line or "GLOBAL" in line):
+            return line
+    return ""
+
+
 def describe_load_failure(err: BaseException, source: str) -> str:
     """Turn torch/open_clip/safetensors load failures into one line."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     message = str(err)
-    if "Weights only load failed" in message or "Unsupported global" in message:
-        return (f"{source}: refusing to load: the file holds Python objects, not plain tensors "
+    forbidden = re.search(r"GLOBAL ([\w.]+)", message)
+    if forbidden or "Unsupported global" in message:
+        what = f" ({forbidden.group(1)})" if forbidden else ""
+        return (f"{source}: refusing to load: the file holds Python objects{what}, not plain tensors "
                 "(unsafe pickle); convert it to a state dict or .safetensors")
-    if isinstance(err, (EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError)) or any(
+    if "Weights only load failed" in message:
+        detail = _unpickler_detail(message) or "unreadable pickle"
+        return (f"{source}: not a readable checkpoint: truncated or corrupt, or a pickle not written by "
+                f"torch.save ({detail[:120]}); download or export it again")
+    if isinstance(err, (EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError, struct.error)) or any(
         s in message for s in ("failed finding central directory", "PytorchStreamReader", "unexpected EOF",
                                "incomplete metadata", "Error while deserializing", "invalid load key",
                                "HeaderTooLarge", "MetadataIncompleteBuffer")
@@ -227,6 +253,37 @@ def describe_load_failure(err: BaseException, source: str) -> str:
     return f"{source}: cannot load checkpoint ({type(err).__name__}: {text[:200]})"
 
 
+def check_checkpoint_file(path: Path, source: str) -> None:
+    """Refuse, before anything is loaded, a file that is no checkpoint (a text or HTML file, an
+    empty file) or whose name makes the loader read it in the wrong format."""
+    try:
+        kind = sniff(path)
+    except OSError as err:
+        raise UsageError(f"{source}: cannot read: {err.strerror or err}") from None
+    suffix = path.suffix.lower()
+    if kind == "empty":
+        raise ModelLoadError(f"{source}: the file is empty (0 bytes), not a model checkpoint; download it again")
+    if kind is None:
+        raise ModelLoadError(f"{source}: not a model checkpoint ({describe_content(path)}); "
+                             f"--pretrained takes {ACCEPTED}")
+    if kind == "safetensors" and suffix != ".safetensors":
+        raise ModelLoadError(f"{source}: this is a safetensors file named {suffix or 'without an extension'}; "
+                             "rename it to end in .safetensors")
+    if kind in ("zip", "pickle") and suffix == ".safetensors":
+        raise ModelLoadError(f"{source}: this is a PyTorch (torch.save) file named .safetensors; "
+                             "rename it to end in .pt")
+
+
+def diagnose_mismatch(checkpoint: Path, arch: str) -> str | None:
+    """When a readable state dict does not fit ``arch``: what differs and which architectures
+    it fits, in one line (None when it cannot tell or the keys and shapes do match)."""
+    shapes = checkpoint_shapes(checkpoint)
+    expected = model_shapes(arch) if shapes is not None else None
+    if shapes is None or expected is None:
+        return None
+    return describe_mismatch(shapes, expected, arch, fitting_architectures(shapes, exclude=arch))
+
+
 @dataclass(frozen=True)
 class WeightsRef:
     """Which weights a (model, pretrained) pair names, resolved without loading anything:
@@ -239,6 +296,7 @@ class WeightsRef:
     source: str  # how the user named them, for messages
     create_args: tuple
     create_kwargs: tuple[tuple[str, Any], ...] = ()
+    checkpoint: str | None = None  # a local weights file
 
 
 def resolve_weights(model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED) -> WeightsRef:
@@ -250,25 +308,34 @@ def resolve_weights(model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT
 
     register_model_configs()
     kwargs: dict[str, Any] = {}
-    pretrained = (pretrained or "").strip()
     if model.startswith(HF_HUB_PREFIX):
         repo_id = model[len(HF_HUB_PREFIX):]
         cached = _hf_cached_file(repo_id, "open_clip_config.json") is not None
         _ensure_downloadable(model, cached)
         return WeightsRef(model, model, "", model, f"--model {model}", (model, None))
     arch = canonical_arch(model)
-    if not pretrained:
+    if pretrained is None:  # random weights: for tests, from Python only
         return WeightsRef(arch, arch, "", "random-init", "--pretrained", (arch, None))
+    pretrained = pretrained.strip()
+    if not pretrained:
+        raise UsageError("--pretrained is empty; give a pretrained tag (e.g. openai; `zeroshot models` "
+                         "lists them) or a checkpoint file")
     path = Path(pretrained).expanduser()
     if path.is_file():
+        check_checkpoint_file(path, f"--pretrained {path}")
         kwargs.update(_preprocess_kwargs(_unanimous_tag_preprocess(arch)))
         return WeightsRef(arch, arch, pretrained, file_identity(path), f"--pretrained {path}", (arch, str(path)),
-                          tuple(kwargs.items()))
-    if is_checkpoint_path(pretrained):
-        raise UsageError(f"--pretrained {pretrained}: file not found")
+                          tuple(kwargs.items()), checkpoint=str(path))
     from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
 
     cfg = get_pretrained_cfg(arch, pretrained)
+    if path.is_dir() and not cfg:
+        inside = sorted(p.name for p in path.iterdir() if p.name.lower().endswith(CHECKPOINT_SUFFIXES))[:3]
+        hint = f"; it holds {', '.join(inside)}" if inside else ""
+        raise UsageError(f"--pretrained {pretrained}: is a directory, not a checkpoint file; give the file "
+                         f"itself{hint}")
+    if is_checkpoint_path(pretrained):
+        raise UsageError(f"--pretrained {pretrained}: file not found")
     if not cfg:
         tags = list_pretrained_tags_by_model(arch)
         close = difflib.get_close_matches(pretrained, tags, n=3, cutoff=0.5)
@@ -294,7 +361,7 @@ def load_model(
 
     ``model`` is an architecture (``ViT-B-32``), ``hf-hub:org/name`` or a :class:`WeightsRef`
     from :func:`resolve_weights`; ``pretrained`` is a tag (``openai``), a local checkpoint file,
-    or empty for random weights (testing only).
+    or None for random weights (testing only; an empty string is an error).
     """
     import open_clip
     import torch
@@ -316,9 +383,11 @@ def load_model(
     except Exception as err:  # noqa: BLE001 - every loader failure becomes one line
         if "Failed to download" in str(err) or "HF Hub" in str(err):
             raise _missing_weights_error(source) from None
-        raise ModelLoadError(describe_load_failure(err, source)) from None
+        mismatch = diagnose_mismatch(Path(ref.checkpoint), ref.arch) if ref.checkpoint else None
+        raise ModelLoadError(f"{source}: {mismatch}" if mismatch else describe_load_failure(err, source)) from None
     finally:
         logging.disable(logging.NOTSET)
+    _refuse_made_up_bias(net, ref)
 
     net = net.to(torch_device).eval()
     for param in net.parameters():
@@ -333,6 +402,20 @@ def load_model(
         device=torch_device,
         precision=resolved_precision,
     )
+
+
+def _refuse_made_up_bias(net: torch.nn.Module, ref: WeightsRef) -> None:
+    """open_clip fills a missing ``logit_bias`` with 0 (meant for starting SigLIP training from
+    a CLIP checkpoint): for inference that is a made-up parameter, so it is an error."""
+    if ref.checkpoint is None or getattr(net, "logit_bias", None) is None:
+        return
+    if Path(ref.checkpoint).suffix.lower() in (".npz", ".npy"):
+        return
+    shapes = checkpoint_shapes(Path(ref.checkpoint))
+    if shapes is not None and "logit_bias" not in shapes:
+        mismatch = diagnose_mismatch(Path(ref.checkpoint), ref.arch)
+        raise ModelLoadError(f"{ref.source}: " + (mismatch or f"the checkpoint has no logit_bias, which --model "
+                                                  f"{ref.arch} needs; check --model"))
 
 
 # ------------------------------------------------------------------------------------- listing

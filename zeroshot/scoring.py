@@ -37,10 +37,17 @@ def probabilities(logits: torch.Tensor, sigmoid: bool = False) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Ranked:
-    """The top-k labels and scores for one image, best first."""
+    """The top-k labels and scores for one image, best first (the model's true ranking), and
+    the decision: the best label, or the unknown label when the best score is below the
+    threshold."""
 
     labels: tuple[str, ...]
     scores: tuple[float, ...]
+    label: str | None = None  # the decision; defaults to the best label
+
+    def __post_init__(self) -> None:
+        if self.label is None and self.labels:
+            object.__setattr__(self, "label", self.labels[0])
 
 
 def top_k(
@@ -50,13 +57,14 @@ def top_k(
     min_score: float | None = None,
     unknown_label: str = "unknown",
 ) -> list[Ranked]:
-    """Best ``k`` labels per row; the best becomes ``unknown_label`` when below ``min_score``."""
+    """Best ``k`` labels per row, best first. The decision (``Ranked.label``) is the best label,
+    or ``unknown_label`` when the best score is below ``min_score``; the ranking itself is never
+    changed by the threshold."""
     k = min(k, len(labels))
     values, indices = probs.float().topk(k, dim=-1)
     ranked = []
     for row_values, row_indices in zip(values.tolist(), indices.tolist()):
-        names = [labels[i] for i in row_indices]
-        if min_score is not None and row_values[0] < min_score:
-            names[0] = unknown_label
-        ranked.append(Ranked(tuple(names), tuple(row_values)))
+        names = tuple(labels[i] for i in row_indices)
+        below = min_score is not None and row_values[0] < min_score
+        ranked.append(Ranked(names, tuple(row_values), unknown_label if below else names[0]))
     return ranked

@@ -52,9 +52,10 @@ def classify(
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, rich_help_panel=OUTPUT_PANEL,
         help="Labels to report per image, best first.")] = 1,
     min_score: Annotated[Optional[float], typer.Option("--min-score", min=0.0, max=1.0, rich_help_panel=OUTPUT_PANEL,
-        help="When the best score is below this, the label is --unknown-label.")] = None,
+        help="When the best score is below this, the label column says --unknown-label; score and the "
+             "ranked columns are unchanged, and a top_label column names the model's best label.")] = None,
     unknown_label: Annotated[str, typer.Option("--unknown-label", rich_help_panel=OUTPUT_PANEL,
-        help="Label used below --min-score.")] = "unknown",
+        help="The label column's value below --min-score.")] = "unknown",
     output_format: Annotated[OutputFormat, typer.Option("--format", "-f", rich_help_panel=OUTPUT_PANEL,
         help="auto: from --output's extension, else a table on a terminal and CSV when piped.")] = OutputFormat.auto,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", rich_help_panel=OUTPUT_PANEL, dir_okay=False,

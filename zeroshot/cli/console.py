@@ -175,11 +175,20 @@ def handle_sigterm() -> None:
 def cli_errors(quiet: bool = False, interrupted: str = "interrupted") -> Iterator[None]:
     """Turn library errors into ``error: ...`` on stderr and the documented exit codes.
     ``interrupted`` is the one line printed on Ctrl-C / SIGTERM."""
+    shown: set[str] = set()
+
+    def show_once(message, category, filename, lineno, file=None, line=None) -> None:
+        # The same fact can be checked at several layers (e.g. a single label, by the label
+        # parser and again by the classifier): the run prints it once.
+        if str(message) not in shown:
+            shown.add(str(message))
+            _show_warning(message, category, filename, lineno, file, line)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         warnings.simplefilter("always", ZeroshotWarning)
         old = warnings.showwarning
-        warnings.showwarning = _show_warning if not quiet else (lambda *a, **k: None)
+        warnings.showwarning = show_once if not quiet else (lambda *a, **k: None)
         try:
             yield
         except ZeroshotError as err:

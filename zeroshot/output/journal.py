@@ -23,7 +23,7 @@ from typing import IO, Any
 from ..errors import OutputError, UsageError
 from .rows import Prediction
 
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2  # 2: rows record the decision (label) beside the true ranking
 JOURNAL_SUFFIX = ".zeroshot-journal"
 
 _FIELD_NAMES = {
@@ -84,15 +84,19 @@ def _short(value: Any) -> str:
 
 
 def _record(pred: Prediction) -> dict[str, Any]:
-    return {"path": pred.path, "labels": list(pred.labels), "scores": list(pred.scores), "error": pred.error}
+    return {"path": pred.path, "label": pred.label, "labels": list(pred.labels), "scores": list(pred.scores),
+            "error": pred.error}
 
 
 def _prediction(record: dict[str, Any]) -> Prediction:
     labels, scores, error = record.get("labels") or [], record.get("scores") or [], record.get("error")
-    if not isinstance(record.get("path"), str) or len(labels) != len(scores):
+    label = record.get("label")
+    if not isinstance(record.get("path"), str) or len(labels) != len(scores) or "label" not in record:
+        raise ValueError("malformed row")
+    if (label is None) != (not labels):  # a decision exactly when there is a ranking
         raise ValueError("malformed row")
     return Prediction(record["path"], tuple(str(x) for x in labels), tuple(float(x) for x in scores),
-                      None if error is None else str(error))
+                      None if error is None else str(error), None if label is None else str(label))
 
 
 class JournalState:
@@ -115,12 +119,14 @@ def read_journal(path: Path) -> JournalState:
     lines = data.split(b"\n")
     try:
         head = json.loads(lines[0].decode("utf-8"))
-        if head.get("zeroshot_journal") != JOURNAL_VERSION or not isinstance(head.get("fingerprint"), dict):
+        version = head.get("zeroshot_journal")
+        if not isinstance(head.get("fingerprint"), dict) or not isinstance(version, int):
             raise ValueError
     except (ValueError, UnicodeDecodeError, AttributeError):
-        raise OutputError(
-            f"{path} is not a zeroshot journal (or one from another version); delete it to start over"
-        ) from None
+        raise OutputError(f"{path} is not a zeroshot journal; delete it to start over") from None
+    if version != JOURNAL_VERSION:
+        raise OutputError(f"{path} was written by another version of zeroshot (journal format {version}, "
+                          f"this one reads {JOURNAL_VERSION}); run without --resume to start over")
     rows: dict[str, Prediction] = {}
     good = len(lines[0]) + 1
     dropped = 0

@@ -25,19 +25,30 @@ def round_score(score: float) -> float:
 
 @dataclass(frozen=True)
 class Prediction:
-    """The result for one input: best labels with scores, or an error (``code: detail``)."""
+    """The result for one input: the best labels with their scores (the model's true ranking,
+    best first) and the decision ``label``, or an error (``code: detail``).
+
+    ``label`` is the best label, or the unknown label when a ``--min-score`` threshold was not
+    reached (then ``top_label`` still names the model's best label). Error rows have neither."""
 
     path: str
     labels: tuple[str, ...] = ()
     scores: tuple[float, ...] = ()
     error: str | None = None
+    label: str | None = None  # the decision; defaults to the best label
+
+    def __post_init__(self) -> None:
+        if self.label is None and self.labels:
+            object.__setattr__(self, "label", self.labels[0])
 
     @property
-    def label(self) -> str | None:
+    def top_label(self) -> str | None:
+        """The model's best label, whatever the threshold."""
         return self.labels[0] if self.labels else None
 
     @property
     def score(self) -> float | None:
+        """The best probability (also when ``label`` is the unknown label)."""
         return self.scores[0] if self.scores else None
 
     @property
@@ -45,9 +56,11 @@ class Prediction:
         return self.error is None
 
     def as_dict(self) -> dict[str, Any]:
-        """The JSON shape: ``{"path", "predictions": [{"label", "score"}...], "error"}``."""
+        """The JSON shape: ``{"path", "label", "predictions": [{"label", "score"}...], "error"}``;
+        ``label`` is the decision, ``predictions`` the true ranking."""
         return {
             "path": self.path,
+            "label": self.label,
             "predictions": [
                 {"label": label, "score": round_score(score)}
                 for label, score in zip(self.labels, self.scores)
@@ -56,17 +69,26 @@ class Prediction:
         }
 
 
-def columns(top_k: int) -> list[str]:
-    """CSV/TSV/DataFrame columns: path,label,score[,label_2,score_2...],error."""
+def columns(top_k: int, thresholded: bool = False) -> list[str]:
+    """CSV/TSV/DataFrame columns: ``path,label,score[,top_label][,label_2,score_2...],error``.
+
+    ``label`` is the decision and ``score`` the best probability; with a threshold
+    (``thresholded``: ``--min-score`` given) ``top_label`` holds the model's best label, and
+    ``label_N``/``score_N`` are always ranks 2..k of the true ranking."""
     cols = ["path", "label", "score"]
+    if thresholded:
+        cols.append("top_label")
     for rank in range(2, top_k + 1):
         cols += [f"label_{rank}", f"score_{rank}"]
     return cols + ["error"]
 
 
-def flat_row(pred: Prediction, top_k: int) -> list[Any]:
-    row: list[Any] = [pred.path]
-    for rank in range(top_k):
+def flat_row(pred: Prediction, top_k: int, thresholded: bool = False) -> list[Any]:
+    best = pred.score
+    row: list[Any] = [pred.path, pred.label, None if best is None else round_score(best)]
+    if thresholded:
+        row.append(pred.top_label)
+    for rank in range(1, top_k):
         if rank < len(pred.labels):
             row += [pred.labels[rank], round_score(pred.scores[rank])]
         else:
@@ -76,13 +98,15 @@ def flat_row(pred: Prediction, top_k: int) -> list[Any]:
 
 @dataclass(frozen=True)
 class PredictionRecord:
-    """A prediction laid out for ``top_k`` label/score column pairs."""
+    """A prediction laid out for ``top_k`` label/score column pairs (and ``top_label`` when
+    ``thresholded``)."""
 
     prediction: Prediction
     top_k: int
+    thresholded: bool = False
 
     def flat(self) -> list[Any]:
-        return flat_row(self.prediction, self.top_k)
+        return flat_row(self.prediction, self.top_k, self.thresholded)
 
     def as_dict(self) -> dict[str, Any]:
         return self.prediction.as_dict()
@@ -107,7 +131,9 @@ def dict_records(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[DictRe
     return (list(rows[0]) if rows else []), [DictRecord(r) for r in rows]
 
 
-def to_dataframe(predictions: Iterable[Prediction], top_k: int = 1):
+def to_dataframe(predictions: Iterable[Prediction], top_k: int = 1, thresholded: bool = False):
+    """The CSV columns as a pandas DataFrame (``thresholded``: add ``top_label``)."""
     import pandas as pd
 
-    return pd.DataFrame([flat_row(p, top_k) for p in predictions], columns=columns(top_k))
+    rows = [flat_row(p, top_k, thresholded) for p in predictions]
+    return pd.DataFrame(rows, columns=columns(top_k, thresholded))

@@ -345,10 +345,12 @@ def write_predictions(
     output: Path | None = None,
     stream: IO | None = None,
     safe_csv: bool = True,
+    thresholded: bool = False,
 ) -> None:
-    """Write every prediction in ``fmt`` to ``output`` (atomically) or ``stream`` (stdout)."""
-    records = (PredictionRecord(p, top_k) for p in predictions)
-    write_records(records, fmt, columns(top_k), output, stream, safe_csv)
+    """Write every prediction in ``fmt`` to ``output`` (atomically) or ``stream`` (stdout).
+    ``thresholded`` (the run had a ``--min-score``) adds the ``top_label`` column."""
+    records = (PredictionRecord(p, top_k, thresholded) for p in predictions)
+    write_records(records, fmt, columns(top_k, thresholded), output, stream, safe_csv)
 
 
 def write_rows(rows: Sequence[dict[str, Any]], path: Path, option: str = "--output", safe_csv: bool = True,

@@ -36,12 +36,18 @@ from ..scoring import class_logits, probabilities, top_k
 
 @dataclass(frozen=True)
 class RankSettings:
-    """How probabilities become a row: ``top_k`` labels; below ``min_score`` the label is
-    ``unknown_label``."""
+    """How probabilities become a row: the ``top_k`` best labels (the true ranking); the
+    decision (``Prediction.label``) is the best label, or ``unknown_label`` when the best score
+    is below ``min_score``."""
 
     top_k: int = 1
     min_score: float | None = None
     unknown_label: str = "unknown"
+
+    @property
+    def thresholded(self) -> bool:
+        """Whether rows carry a ``top_label`` column (the decision may differ from the best label)."""
+        return self.min_score is not None
 
 
 @dataclass
@@ -118,7 +124,7 @@ class ZeroShotClassifier:
     def rank(self, names: Sequence[str], features: torch.Tensor, rank: RankSettings = RankSettings()) -> list[Prediction]:
         """Predictions for embeddings ``features`` of the inputs called ``names``."""
         ranked = top_k(self.probabilities(features), self.labels, rank.top_k, rank.min_score, rank.unknown_label)
-        return [Prediction(name, r.labels, r.scores) for name, r in zip(names, ranked)]
+        return [Prediction(name, r.labels, r.scores, label=r.label) for name, r in zip(names, ranked)]
 
     # ------------------------------------------------------------------------------- images
 
@@ -212,8 +218,10 @@ class ZeroShotClassifier:
         return list(self.classify_paths(inputs, **kwargs))
 
     def classify_dataframe(self, inputs: Sequence[str | os.PathLike], top_k: int = 1, **kwargs):
-        """A pandas DataFrame with the CSV columns (path, label, score, ..., error)."""
-        return to_dataframe(self.classify_paths(inputs, top_k=top_k, **kwargs), top_k)
+        """A pandas DataFrame with the CSV columns (path, label, score[, top_label], ..., error);
+        ``top_label`` is there when ``min_score`` is given."""
+        thresholded = kwargs.get("min_score") is not None
+        return to_dataframe(self.classify_paths(inputs, top_k=top_k, **kwargs), top_k, thresholded)
 
 
 # ---------------------------------------------------------------------------------- file runs
@@ -277,7 +285,8 @@ def classify_to_file(
             yield pred
 
     try:
-        write_predictions(counted(rows), fmt, top_k=rank.top_k, output=path, safe_csv=safe_csv)
+        write_predictions(counted(rows), fmt, top_k=rank.top_k, output=path, safe_csv=safe_csv,
+                          thresholded=rank.thresholded)
     except BaseException:
         if journal is not None:
             journal.close()
