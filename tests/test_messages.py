@@ -100,10 +100,11 @@ def test_architecture_mismatch_in_the_cli(tiny_sigmoid_ckpt, image_dir):
 
 def test_a_checkpoint_nobody_fits_says_so(tmp_path):
     import torch
-    from conftest import save_random_model
 
     from zeroshot.checkpoints import checkpoint_shapes, fitting_architectures
     from zeroshot.models import load_model
+
+    from conftest import save_random_model
 
     path = save_random_model("zs-tiny", tmp_path / "odd.pt")
     state = torch.load(path, weights_only=True)

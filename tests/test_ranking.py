@@ -12,7 +12,6 @@ import json
 import pandas as pd
 import pytest
 import torch
-from conftest import LABELS, make_image
 from typer.testing import CliRunner
 
 from zeroshot.cli import app
@@ -22,6 +21,8 @@ from zeroshot.output.rows import Prediction, columns, flat_row, to_dataframe
 from zeroshot.output.writers import FORMATS, write_predictions
 from zeroshot.scoring import top_k
 from zeroshot.tasks.classify import RankSettings, ZeroShotClassifier, classify_to_file
+
+from conftest import LABELS, make_image
 
 BELOW = Prediction("low.jpg", ("cat", "dog", "bird"), (0.4, 0.35, 0.25), label="unknown")
 ABOVE = Prediction("high.jpg", ("dog", "cat", "bird"), (0.8, 0.15, 0.05))
