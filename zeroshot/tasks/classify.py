@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import IO
 
 import torch
 from PIL import Image
@@ -232,6 +233,7 @@ def classify_to_file(
     inputs: Sequence[str | os.PathLike] | Discovery,
     output: str | os.PathLike | None = None,
     *,
+    stream: IO | None = None,
     format: str | Format = "auto",
     settings: EmbedSettings = EmbedSettings(fast_decode=True),
     rank: RankSettings = RankSettings(),
@@ -243,16 +245,21 @@ def classify_to_file(
     on_progress: ProgressHook | None = None,
     on_prediction: PredictionHook | None = None,
 ) -> RunStats:
-    """Classify ``inputs`` and write every row, in input order, to ``output`` (atomically) or
-    stdout (``output=None``). With an output file the run keeps a journal beside it, so an
-    interrupted run (Ctrl-C, SIGTERM, kill -9, power loss) continues with ``resume=True``; a
-    journal whose settings differ from this run's is refused (:class:`UsageError`).
+    """Classify ``inputs`` and write every row, in input order, to ``output`` (atomically) or,
+    with ``output=None``, to ``stream`` (default stdout; a binary stream for parquet). With an
+    output file the run keeps a journal beside it, so an interrupted run (Ctrl-C, SIGTERM,
+    kill -9, power loss) continues with ``resume=True``; a journal whose settings differ from
+    this run's is refused (:class:`UsageError`), as is ``resume=True`` without an output file.
 
     ``journal`` is an already opened :class:`ResumableOutput` (the CLI opens it before the model
     loads, so a refused resume fails fast). ``on_prediction`` sees every new row (e.g. to print
     skipped files)."""
-    found = inputs if isinstance(inputs, Discovery) else discover(inputs, recursive, include_hidden)
     path = Path(output) if output is not None else None
+    if path is not None and stream is not None:
+        raise UsageError(f"classify_to_file: give output ({path}) or stream, not both")
+    if resume and path is None:
+        raise UsageError("classify_to_file: resume=True needs the output file the interrupted run was writing")
+    found = inputs if isinstance(inputs, Discovery) else discover(inputs, recursive, include_hidden)
     fmt = format if isinstance(format, Format) else choose_format(format, path, stdout_is_tty=False)
     if journal is None and path is not None:
         journal = ResumableOutput.open(path, classifier.fingerprint(rank), resume)
@@ -260,15 +267,25 @@ def classify_to_file(
         raise UsageError(f"the journal of {journal.output} was opened for different run settings")
     done = journal.done if journal is not None else {}
 
+    # Rows are journalled a whole batch at a time: a resumed run then starts on a batch boundary
+    # of the interrupted one, so every image is embedded in a batch of the same composition
+    # (float results depend slightly on it) and the file equals an uninterrupted run's, byte
+    # for byte, when resumed with the same batch size and device. An interruption costs at
+    # most the batch in progress.
+    batch_rows: list[Prediction] = []
+
     def record(pred: Prediction) -> Prediction:
         if journal is not None:
-            journal.record(pred)
+            batch_rows.append(pred)
         if on_prediction:
             on_prediction(pred)
         return pred
 
     def progressed(count: int, total: int) -> None:
         if journal is not None:
+            for pred in batch_rows:
+                journal.record(pred)
+            batch_rows.clear()
             journal.sync()
         if on_progress:
             on_progress(count, total)
@@ -285,7 +302,7 @@ def classify_to_file(
             yield pred
 
     try:
-        write_predictions(counted(rows), fmt, top_k=rank.top_k, output=path, safe_csv=safe_csv,
+        write_predictions(counted(rows), fmt, top_k=rank.top_k, output=path, stream=stream, safe_csv=safe_csv,
                           thresholded=rank.thresholded)
     except BaseException:
         if journal is not None:
