@@ -429,15 +429,20 @@ class PretrainedEntry:
 
 
 def list_pretrained_models(cached_only: bool = False, name_filter: str | None = None) -> list[PretrainedEntry]:
-    """Every (architecture, tag) open_clip knows, marking those whose weights are cached locally;
-    ``name_filter`` keeps those whose architecture or tag contains it (case-insensitive)."""
+    """Every (architecture, tag) open_clip knows, marking those whose weights are cached locally,
+    then the architectures with no pretrained tag (tag ``""``: usable with a local checkpoint,
+    e.g. configs registered through ``ZEROSHOT_MODEL_CONFIGS``); ``name_filter`` keeps those whose
+    architecture or tag contains it (case-insensitive)."""
     import open_clip
 
     register_model_configs()
     needle = (name_filter or "").strip().lower()
+    pairs = open_clip.list_pretrained()
+    tagged = {arch for arch, _ in pairs}
+    pairs += [(arch, "") for arch in open_clip.list_models() if arch not in tagged]
     entries = [
-        PretrainedEntry(arch, tag, cached_tag_weights(arch, tag) is not None)
-        for arch, tag in open_clip.list_pretrained()
+        PretrainedEntry(arch, tag, bool(tag) and cached_tag_weights(arch, tag) is not None)
+        for arch, tag in pairs
         if needle in arch.lower() or needle in tag.lower()
     ]
     return [e for e in entries if e.cached] if cached_only else entries

@@ -39,11 +39,17 @@ class OneLineErrors(TyperGroup):
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except NoArgsIsHelpError as err:
-            typer.echo(err.ctx.get_help() if err.ctx else str(err), err=True)
+            # Building the error already rendered the (rich) help; plain help comes back as text.
+            if err.format_message().strip():
+                typer.echo(err.format_message())
             code = EXIT_USAGE
         except ClickException as err:
-            command = err.ctx.command_path if getattr(err, "ctx", None) else (prog_name or "zeroshot")
-            message = " ".join(printable(err.format_message()).split())
+            command = self._command_path(err, args, prog_name)
+            if isinstance(err, NoSuchOption) and err.possibilities:  # best match first
+                text = f"{err.message}. Did you mean {err.possibilities[0]}?"
+            else:
+                text = err.format_message()
+            message = printable(" ".join(text.split()))
             dashed = _dashed_file(sys.argv[1:] if args is None else list(args))
             if isinstance(err, NoSuchOption) and dashed:
                 message += (f"; {printable(dashed)!r} is a file whose name starts with '-': write ./{printable(dashed)} "
@@ -56,6 +62,20 @@ class OneLineErrors(TyperGroup):
         if not standalone_mode:
             return code
         sys.exit(code if isinstance(code, int) else 0)
+
+    def _command_path(self, err: Any, args: Any, prog_name: str | None) -> str:
+        """The command whose ``--help`` to point at; errors raised without a context (``-l``
+        missing its value) are placed by the command words of the arguments."""
+        if getattr(err, "ctx", None) is not None:
+            return err.ctx.command_path
+        path, group = [prog_name or self.name or "zeroshot"], self
+        for word in args if args is not None else sys.argv[1:]:
+            sub = getattr(group, "commands", {}).get(word)
+            if sub is None:
+                break
+            path.append(word)
+            group = sub
+        return " ".join(path)
 
 
 def _dashed_file(args: list[str]) -> str | None:

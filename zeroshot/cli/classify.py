@@ -36,7 +36,7 @@ from .options import (
 
 
 def classify(
-    inputs: Annotated[list[str], typer.Argument(metavar="PATH...", show_default=False,
+    inputs: Annotated[list[str], typer.Argument(metavar="PATH", show_default=False,
         help="Image files, folders, glob patterns, or - to read paths from stdin.")],
     labels: Annotated[Optional[str], typer.Option("--labels", "-L", rich_help_panel=PROMPT_PANEL,
         help="File with one label per line, or a built-in class set (imagenet, cifar10, cifar100).")] = None,

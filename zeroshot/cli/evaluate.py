@@ -61,7 +61,7 @@ def _location(dataset: DatasetName, path: Optional[str], root: Optional[str]) ->
 def _cell(value: Optional[float], percent: bool) -> str:
     if value is None:
         return "n/a"
-    return f"{100 * value:.2f}" if percent else f"{value:.6g}"
+    return f"{100 * value:.2f}" if percent else repr(float(value))  # piped: exactly the JSON's number
 
 
 def _print_table(result) -> None:
