@@ -99,13 +99,15 @@ def classify(
             problems = found.problems
             why = f" ({printable(problems[0][0])}: {problems[0][1]})" if problems else ""
             raise UsageError(f"found 0 images in {', '.join(inputs)}{why}; supported extensions are {exts}")
-        rank = RankSettings(top_k, min_score, unknown_label)
+        rank = RankSettings(top_k, min_score, unknown_label).capped(len(label_set))
+        if rank.top_k < top_k:
+            say(f"note: --top-k {top_k} is more than the {len(label_set)} labels; reporting all {rank.top_k}", quiet)
         weights = resolve_weights(model, pretrained)
 
         journal = None
         if output is not None:  # checked before the model loads: a refused --resume fails fast
             fp = fingerprint(weights.name, weights.weights_id, label_set, template_set.templates,
-                             top_k, min_score, unknown_label)
+                             rank.top_k, min_score, unknown_label)
             journal = ResumableOutput.open(output, fp, resume)
             _report_journal(journal, len(found), quiet)
 

@@ -14,14 +14,18 @@ merged in the same order an uninterrupted run would have used.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import tempfile
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from ..errors import OutputError, UsageError
 from .rows import Prediction
+from .writers import new_file_mode
 
 JOURNAL_VERSION = 2  # 2: rows record the decision (label) beside the true ranking
 JOURNAL_SUFFIX = ".zeroshot-journal"
@@ -100,12 +104,14 @@ def _prediction(record: dict[str, Any]) -> Prediction:
 
 
 class JournalState:
-    """What an existing journal holds: its fingerprint, its rows by path, and where it ends."""
+    """What an existing journal holds: its fingerprint, its rows (``entries`` in the order they
+    were finished, a path given twice appearing twice; ``rows`` by path), and where it ends."""
 
-    def __init__(self, fingerprint: dict[str, Any], rows: dict[str, Prediction], good_bytes: int,
+    def __init__(self, fingerprint: dict[str, Any], entries: list[Prediction], good_bytes: int,
                  dropped: int) -> None:
         self.fingerprint = fingerprint
-        self.rows = rows
+        self.entries = entries
+        self.rows = {pred.path: pred for pred in entries}
         self.good_bytes = good_bytes
         self.dropped = dropped
 
@@ -127,7 +133,7 @@ def read_journal(path: Path) -> JournalState:
     if version != JOURNAL_VERSION:
         raise OutputError(f"{path} was written by another version of zeroshot (journal format {version}, "
                           f"this one reads {JOURNAL_VERSION}); run without --resume to start over")
-    rows: dict[str, Prediction] = {}
+    rows: list[Prediction] = []
     good = len(lines[0]) + 1
     dropped = 0
     body = lines[1:]
@@ -142,7 +148,7 @@ def read_journal(path: Path) -> JournalState:
         except (ValueError, UnicodeDecodeError, TypeError, AttributeError):
             dropped = sum(1 for rest in body[i:] if rest)
             break
-        rows[pred.path] = pred
+        rows.append(pred)
         good += len(line) + 1
     return JournalState(head["fingerprint"], rows, good, dropped)
 
@@ -157,14 +163,28 @@ class Journal:
 
     @classmethod
     def create(cls, path: Path, fp: dict[str, Any]) -> Journal:
+        """A new journal holding only its header, made atomically: a full disk leaves no
+        empty or torn journal behind (that ``--resume`` would then reject)."""
+        path = Path(path)
+        header = json.dumps({"zeroshot_journal": JOURNAL_VERSION, "fingerprint": fp}, ensure_ascii=True) + "\n"
         try:
-            handle = open(path, "w", encoding="utf-8", newline="\n")
+            mode = new_file_mode(path)
+            fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".tmp", dir=path.parent)
         except OSError as err:
             raise OutputError(f"cannot write the journal {path}: {err.strerror or err}") from None
-        journal = cls(path, handle)
-        handle.write(json.dumps({"zeroshot_journal": JOURNAL_VERSION, "fingerprint": fp}, ensure_ascii=True) + "\n")
-        journal.sync(force=True)
-        return journal
+        try:
+            os.fchmod(fd, mode)
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+                handle.write(header)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+            handle = open(path, "a", encoding="utf-8", newline="\n")
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise OutputError(f"cannot write the journal {path}: {err.strerror or err}; nothing was changed") from None
+        return cls(path, handle)
 
     @classmethod
     def reopen(cls, path: Path, state: JournalState) -> Journal:
@@ -178,7 +198,10 @@ class Journal:
 
     def record(self, pred: Prediction) -> None:
         # ASCII escapes: exact round-trip of any path, even names that are not valid UTF-8.
-        self.handle.write(json.dumps(_record(pred), ensure_ascii=True) + "\n")
+        try:
+            self.handle.write(json.dumps(_record(pred), ensure_ascii=True) + "\n")
+        except OSError as err:
+            raise OutputError(f"cannot write the journal {self.path}: {err.strerror or err}") from None
         self.pending += 1
 
     def sync(self, force: bool = False) -> None:
@@ -205,27 +228,41 @@ class Journal:
             pass
 
 
-def merge_in_order(order: Sequence[str], done: dict[str, Prediction], fresh: Iterable[Prediction]) -> Iterator[Prediction]:
-    """Rows from an interrupted run (``done``) and new ones (``fresh``, which yields the paths
-    not in ``done`` in ``order``) merged into ``order``; rows for paths no longer among the
-    inputs come last, in their original order. Each path appears once."""
-    done = dict(done)
-    position = {}
-    for i, path in enumerate(order):
-        position.setdefault(path, i)
-    waiting = sorted((position[p], p) for p in done if p in position)
-    cursor = 0
-    for pred in fresh:
-        if pred.path in done and pred.path in position:
-            continue  # already finished before the interruption
-        at = position.get(pred.path, len(order))
-        while cursor < len(waiting) and waiting[cursor][0] < at:
-            yield done.pop(waiting[cursor][1])
-            cursor += 1
-        yield pred
-    for _, path in waiting[cursor:]:
-        yield done.pop(path)
-    yield from done.values()
+def merge_in_order(order: Sequence[str], done: Mapping[str, Prediction] | Sequence[Prediction],
+                   fresh: Iterable[Prediction]) -> Iterator[Prediction]:
+    """Rows from an interrupted run (``done``) and new ones merged into ``order``, the inputs of
+    the run (a path may appear several times). The done rows of a path stand for its first
+    occurrences; ``fresh`` yields the rows of the other occurrences, in order (what
+    :class:`Skipper` leaves to do). Done rows of paths no longer among the inputs come last."""
+    waiting: dict[str, deque[Prediction]] = {}
+    for pred in done.values() if isinstance(done, Mapping) else done:
+        waiting.setdefault(pred.path, deque()).append(pred)
+    fresh = iter(fresh)
+    for path in order:
+        queue = waiting.get(path)
+        if queue:
+            yield queue.popleft()
+            continue
+        pred = next(fresh, None)
+        if pred is not None:
+            yield pred
+    yield from fresh
+    for queue in waiting.values():
+        yield from queue
+
+
+class Skipper:
+    """``skip(path)`` for the inputs of a resumed run, asked once per input in order: True for
+    the first occurrences of a path that the interrupted run finished, False for the rest."""
+
+    def __init__(self, done: Iterable[Prediction]) -> None:
+        self.left = Counter(pred.path for pred in done)
+
+    def __call__(self, path: str) -> bool:
+        if self.left[path] > 0:
+            self.left[path] -= 1
+            return True
+        return False
 
 
 def remove_stale_temporaries(output: Path) -> int:
@@ -265,13 +302,14 @@ class ResumableOutput:
     """The journal side of a run writing ``output``: opened (or resumed) before the run, fed
     every finished row, removed when the output file is complete.
 
-    After :meth:`open`: ``done`` holds the rows an interrupted run finished (empty unless
-    resuming); ``resumed``, ``dropped`` (torn rows discarded), ``discarded`` (an unfinished run
+    After :meth:`open`: ``done`` holds the rows an interrupted run finished, in the order it
+    finished them (empty unless resuming); ``resumed``, ``dropped`` (torn rows discarded), ``discarded`` (an unfinished run
     was thrown away because ``resume`` was not asked for) and ``nothing_to_resume`` say what
     happened, for the caller to report."""
 
-    def __init__(self, output: Path, fp: dict[str, Any], journal: Journal, done: dict[str, Prediction],
-                 dropped: int = 0, discarded: bool = False, nothing_to_resume: bool = False) -> None:
+    def __init__(self, output: Path, fp: dict[str, Any], journal: Journal, done: list[Prediction],
+                 dropped: int = 0, discarded: bool = False, nothing_to_resume: bool = False,
+                 lock: OutputLock | None = None) -> None:
         self.output = Path(output)
         self.fingerprint = fp
         self.journal: Journal | None = journal
@@ -279,6 +317,7 @@ class ResumableOutput:
         self.dropped = dropped
         self.discarded = discarded
         self.nothing_to_resume = nothing_to_resume
+        self.lock = lock
 
     @property
     def resumed(self) -> bool:
@@ -288,16 +327,26 @@ class ResumableOutput:
     def open(cls, output: Path, fp: dict[str, Any], resume: bool) -> ResumableOutput:
         """Start a journal for ``output``, or continue the existing one when ``resume``
         (refused with :class:`UsageError` when its fingerprint differs from ``fp``)."""
-        path = journal_path(output)
-        if not path.exists():
-            return cls(output, fp, Journal.create(path, fp), {}, nothing_to_resume=resume)
-        if not resume:
+        lock = OutputLock.acquire(output)  # before anything is read or removed: a second run stops here
+        try:
+            path = journal_path(output)
+            if not path.exists():
+                remove_stale_temporaries(output)
+                return cls(output, fp, Journal.create(path, fp), [], nothing_to_resume=resume, lock=lock)
+            if not resume:
+                remove_stale_temporaries(output)
+                return cls(output, fp, Journal.create(path, fp), [], discarded=True, lock=lock)
+            state = read_journal(path)
+            check_resumable(state, fp, output)
             remove_stale_temporaries(output)
-            return cls(output, fp, Journal.create(path, fp), {}, discarded=True)
-        state = read_journal(path)
-        check_resumable(state, fp, output)
-        remove_stale_temporaries(output)
-        return cls(output, fp, Journal.reopen(path, state), state.rows, dropped=state.dropped)
+            return cls(output, fp, Journal.reopen(path, state), state.entries, dropped=state.dropped, lock=lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    def skipper(self) -> Skipper | None:
+        """What a resumed run leaves out (None when nothing was done before)."""
+        return Skipper(self.done) if self.done else None
 
     def record(self, pred: Prediction) -> None:
         if self.journal is not None:
@@ -314,11 +363,73 @@ class ResumableOutput:
     def close(self) -> None:
         """Keep the journal (the run was interrupted): everything recorded is made durable."""
         if self.journal is not None:
-            self.journal.close()
-            self.journal = None
+            try:
+                self.journal.close()
+            finally:
+                self.journal = None
+                self._unlock()
+
+    def _unlock(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def finish(self) -> None:
         """The output file is complete: the journal is no longer needed."""
         if self.journal is not None:
-            self.journal.remove()
-            self.journal = None
+            try:
+                self.journal.remove()
+            finally:
+                self.journal = None
+                self._unlock()
+
+
+LOCK_SUFFIX = ".zeroshot-lock"
+
+
+class OutputLock:
+    """An exclusive lock on an output file, held for the whole run: a second run writing the
+    same file stops with a one-line error instead of deleting the first one's temporary file
+    and truncating its journal. The lock is the kernel's (``flock`` on ``.NAME.zeroshot-lock``),
+    so a run killed with ``kill -9`` releases it; where ``fcntl`` is missing (Windows) there is
+    no lock."""
+
+    def __init__(self, path: Path, fd: int | None) -> None:
+        self.path = path
+        self.fd = fd
+
+    @classmethod
+    def acquire(cls, output: Path) -> OutputLock:
+        output = Path(output)
+        path = output.with_name(f".{output.name}{LOCK_SUFFIX}")
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return cls(path, None)
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), new_file_mode(output))
+            except OSError as err:
+                raise OutputError(f"--output {output}: cannot create the lock {path}: {err.strerror or err}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise OutputError(
+                    f"--output {output} is being written by another zeroshot run (it holds {path}); "
+                    "wait for it to finish, or write to another file"
+                ) from None
+            try:  # the holder we waited for may have removed the file: lock the one that is there
+                if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                    return cls(path, fd)
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)  # while still locked, so nobody locks a file about to vanish
+        os.close(self.fd)
+        self.fd = None

@@ -50,6 +50,10 @@ class RankSettings:
         """Whether rows carry a ``top_label`` column (the decision may differ from the best label)."""
         return self.min_score is not None
 
+    def capped(self, labels: int) -> RankSettings:
+        """No more ranks than there are labels (``--top-k 100000`` with 3 labels reports 3)."""
+        return replace(self, top_k=max(1, min(self.top_k, labels)))
+
 
 @dataclass
 class RunStats:
@@ -222,6 +226,7 @@ class ZeroShotClassifier:
         """A pandas DataFrame with the CSV columns (path, label, score[, top_label], ..., error);
         ``top_label`` is there when ``min_score`` is given."""
         thresholded = kwargs.get("min_score") is not None
+        top_k = min(top_k, len(self.labels))
         return to_dataframe(self.classify_paths(inputs, top_k=top_k, **kwargs), top_k, thresholded)
 
 
@@ -254,6 +259,7 @@ def classify_to_file(
     ``journal`` is an already opened :class:`ResumableOutput` (the CLI opens it before the model
     loads, so a refused resume fails fast). ``on_prediction`` sees every new row (e.g. to print
     skipped files)."""
+    rank = rank.capped(len(classifier.labels))
     path = Path(output) if output is not None else None
     if path is not None and stream is not None:
         raise UsageError(f"classify_to_file: give output ({path}) or stream, not both")
@@ -265,7 +271,7 @@ def classify_to_file(
         journal = ResumableOutput.open(path, classifier.fingerprint(rank), resume)
     elif journal is not None and journal.fingerprint != classifier.fingerprint(rank):
         raise UsageError(f"the journal of {journal.output} was opened for different run settings")
-    done = journal.done if journal is not None else {}
+    done = journal.done if journal is not None else []
 
     # Rows are journalled a whole batch at a time: a resumed run then starts on a batch boundary
     # of the interrupted one, so every image is embedded in a batch of the same composition
@@ -291,7 +297,7 @@ def classify_to_file(
             on_progress(count, total)
 
     fresh = (record(p) for p in classifier.predict(found, settings, rank, on_progress=progressed,
-                                                 skip=done.__contains__ if done else None))
+                                                 skip=journal.skipper() if journal is not None else None))
     rows = journal.merged([s.path for s in found.items], fresh) if journal is not None else fresh
     error_rows = 0
 
