@@ -1,5 +1,10 @@
 """Shared fixtures: tiny open_clip models with random weights saved to local checkpoints,
-generated image folders, and an isolated cache. No test touches the network."""
+generated image folders, and an isolated cache. No test touches the network.
+
+Hypothesis runs deterministically by default (the README's test command and CI): the same
+examples every run, no example database, no deadline. ``HYPOTHESIS_PROFILE=explore`` searches
+at random with ten times the examples (and keeps failures in ``.hypothesis/``) for developers
+hunting bugs; a failure prints the ``@reproduce_failure`` blob to pin it."""
 
 from __future__ import annotations
 
@@ -16,7 +21,21 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import torch  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 from PIL import Image  # noqa: E402
+
+settings.register_profile(
+    "deterministic", derandomize=True, database=None, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],  # timing-based: a loaded machine must not fail a run
+)
+settings.register_profile("explore", deadline=None, print_blob=True, max_examples=1000)
+HYPOTHESIS_PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "deterministic")
+settings.load_profile(HYPOTHESIS_PROFILE)
+
+
+def examples(n: int) -> int:
+    """``max_examples`` for a property: ``n`` by default, ten times as many when exploring."""
+    return n * 10 if HYPOTHESIS_PROFILE == "explore" else n
 
 LABELS = ["red square", "green circle", "blue triangle"]
 COLOURS = [(220, 30, 30), (30, 200, 40), (40, 60, 220), (240, 240, 20), (120, 30, 160), (20, 20, 20)]
