@@ -110,3 +110,58 @@ def tiny_loaded(tiny_ckpt):
     from zeroshot.models import load_model
 
     return load_model("zs-tiny", str(tiny_ckpt), device="cpu", precision="fp32")
+
+
+# ------------------------------------------------------- bad inputs (design.md section 5)
+
+RED = (220, 30, 30)
+
+
+@pytest.fixture(scope="module")
+def clf(tiny_loaded):
+    from zeroshot.tasks.classify import ZeroShotClassifier
+
+    return ZeroShotClassifier(LABELS, templates="photo", model=tiny_loaded, cache=False)
+
+
+@pytest.fixture(scope="session")
+def bomb(tmp_path_factory) -> Path:
+    """A decompression bomb: 400 Mpx in ~50 kB."""
+    path = tmp_path_factory.mktemp("bomb") / "bomb.png"
+    Image.new("1", (20000, 20000)).save(path)
+    return path
+
+
+def code_of(path, **kwargs) -> str:
+    """The reason code ``open_image`` refuses ``path`` with."""
+    from zeroshot.data.decode import open_image
+    from zeroshot.errors import ImageError
+
+    with pytest.raises(ImageError) as info:
+        open_image(str(path), **kwargs)
+    return info.value.code
+
+
+def classify(clf, paths, **kwargs) -> dict:
+    """Predictions by path (decoded in this process unless ``workers`` is given)."""
+    kwargs.setdefault("workers", 0)
+    return {p.path: p for p in clf.classify_paths([str(p) for p in paths], **kwargs)}
+
+
+def encoded(fmt: str, colour=RED, size=(64, 48), mode="RGB", **save) -> bytes:
+    """An image file's bytes in ``fmt``."""
+    import io
+
+    buf = io.BytesIO()
+    img = Image.new("RGB", size, colour)
+    img.convert(mode).save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+def classify_cli(args, **kwargs):
+    """``zeroshot classify ARGS`` through typer's CliRunner."""
+    from typer.testing import CliRunner
+
+    from zeroshot.cli import app
+
+    return CliRunner().invoke(app, ["classify", *args], **kwargs)
