@@ -389,31 +389,35 @@ def _stream_name(stream: IO) -> str:
 
 
 def check_writable(
-    records: Iterable[tuple[int | None, Record]],
+    column: str,
+    texts: Sequence[str],
     fmt: Format,
-    columns: Sequence[str],
     output: Path | None = None,
     stream: IO | None = None,
     option: str = "--output",
+    rows: bool = True,
 ) -> None:
-    """Raise the :class:`OutputError` that writing ``records`` (``(row number, record)`` pairs,
-    the number None for a record that stands for no row) to ``output`` or ``stream`` would
-    raise for text it cannot hold, without writing anything: a long run can refuse its inputs
-    before its work instead of after."""
+    """Raise the :class:`OutputError` that writing ``texts`` in ``column`` to ``output`` or
+    ``stream`` would raise for text it cannot hold, without writing anything, so a long run can
+    refuse its inputs before its work instead of after. ``texts[i]`` is row ``i + 1``'s cell
+    (``rows``), or a value that may appear in any row (a label: ``rows=False``)."""
+    if fmt.writer.escapes:
+        return
     if output is not None:
-        codec = ("utf-8", "strict") if fmt.writer.binary else ("utf-8", "surrogateescape")
+        codec: tuple[str, str] | None = ("utf-8", "strict") if fmt.writer.binary else ("utf-8", "surrogateescape")
         target = f"{option} {shown(str(output))}"
     else:
         sink = open_target(fmt, stream)
         codec = stream_codec(sink, fmt.writer.binary)
         target = _stream_name(sink)
-    writer = fmt.writer(io.StringIO(), columns)
-    writer.codec = codec
-    try:
-        for row, record in records:
-            writer.check(record, row)
-    except UnwritableText as err:
-        raise OutputError(err.message(target, written_before=False)) from None
+    if codec is None or _fits("\n".join(texts), codec):  # one pass for a million names
+        return
+    for number, text in enumerate(texts, 1):
+        if not _fits(text, codec):
+            char = next(c for c in text if not _fits(c, codec))
+            err = UnwritableText(number if rows else None, column, text if rows and column == "path" else None,
+                                 text, char, fmt.name, codec[0])
+            raise OutputError(err.message(target, written_before=False))
 
 
 def write_predictions(

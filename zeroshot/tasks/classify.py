@@ -28,7 +28,7 @@ from ..encode.text import Progress, build_class_weights
 from ..errors import UsageError
 from ..models import DEFAULT_MODEL, DEFAULT_PRETRAINED, LoadedModel, load_model
 from ..output.journal import ResumableOutput, fingerprint
-from ..output.rows import Prediction, PredictionRecord, columns, to_dataframe
+from ..output.rows import Prediction, to_dataframe
 from ..output.writers import Format, check_writable, choose_format, write_predictions
 from ..prompts import TemplateSet, as_template_set, validate_labels
 from ..scoring import class_logits, probabilities, top_k
@@ -249,9 +249,8 @@ def classify_to_file(
     # Text the output cannot hold (e.g. a lone surrogate in a name, for CSV) is refused now,
     # before any image is classified, rather than when the finished rows are written.
     labels = list(classifier.labels) + ([rank.unknown_label] if rank.min_score is not None else [])
-    check_writable([(None, PredictionRecord(Prediction(None, (label,), (0.0,)), 1)) for label in labels]  # type: ignore[arg-type]
-                   + [(row, PredictionRecord(Prediction(s.path), 1)) for row, s in enumerate(found.items, 1)],
-                   fmt, columns(1), path)
+    check_writable("label", labels, fmt, path, rows=False)
+    check_writable("path", [s.path for s in found.items], fmt, path)
     if journal is None and path is not None:
         journal = ResumableOutput.open(path, classifier.fingerprint(rank), resume)
     elif journal is not None and journal.fingerprint != classifier.fingerprint(rank):
