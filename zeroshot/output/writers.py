@@ -9,10 +9,11 @@ umask).
 
 Text is written as UTF-8. A file name whose bytes are not UTF-8 (Python holds those bytes as the
 lone surrogates U+DC80..U+DCFF) is written back as the same bytes by CSV, TSV and the table, and as
-``\\udcXX`` escapes by JSON and JSONL, which must stay valid UTF-8. Text no format can hold as
-UTF-8 (any other lone surrogate, e.g. from a Windows file name or a string passed to the Python
-API; in Parquet any lone surrogate) is refused with a one-line :class:`OutputError` naming the row
-and its path, raised before that row is written: a file output is left unchanged.
+``\\udcXX`` escapes by JSON and JSONL, which stay valid UTF-8. Any other lone surrogate (from a
+Windows file name, or a string passed to the Python API) JSON escapes too; CSV, TSV and the table
+cannot write it, and Parquet holds no lone surrogate at all. Such text, or text that stdout's
+encoding cannot hold, is refused with a one-line :class:`OutputError` naming the row and its path,
+raised before that row is written: a file output is left as it was.
 """
 
 from __future__ import annotations
