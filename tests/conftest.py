@@ -1,5 +1,10 @@
 """Shared fixtures: tiny open_clip models with random weights saved to local checkpoints,
-generated image folders, and an isolated cache. No test touches the network."""
+generated image folders, and an isolated cache. No test touches the network.
+
+Hypothesis runs deterministically by default (the README's test command and CI): the same
+examples every run, no example database, no deadline. ``HYPOTHESIS_PROFILE=explore`` searches
+at random with ten times the examples (and keeps failures in ``.hypothesis/``) for developers
+hunting bugs; a failure prints the ``@reproduce_failure`` blob to pin it."""
 
 from __future__ import annotations
 
@@ -16,7 +21,21 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import torch  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 from PIL import Image  # noqa: E402
+
+settings.register_profile(
+    "deterministic", derandomize=True, database=None, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],  # timing-based: a loaded machine must not fail a run
+)
+settings.register_profile("explore", deadline=None, print_blob=True, max_examples=1000)
+HYPOTHESIS_PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "deterministic")
+settings.load_profile(HYPOTHESIS_PROFILE)
+
+
+def examples(n: int) -> int:
+    """``max_examples`` for a property: ``n`` by default, ten times as many when exploring."""
+    return n * 10 if HYPOTHESIS_PROFILE == "explore" else n
 
 LABELS = ["red square", "green circle", "blue triangle"]
 COLOURS = [(220, 30, 30), (30, 200, 40), (40, 60, 220), (240, 240, 20), (120, 30, 160), (20, 20, 20)]
@@ -91,3 +110,58 @@ def tiny_loaded(tiny_ckpt):
     from zeroshot.models import load_model
 
     return load_model("zs-tiny", str(tiny_ckpt), device="cpu", precision="fp32")
+
+
+# ------------------------------------------------------- bad inputs (design.md section 5)
+
+RED = (220, 30, 30)
+
+
+@pytest.fixture(scope="module")
+def clf(tiny_loaded):
+    from zeroshot.tasks.classify import ZeroShotClassifier
+
+    return ZeroShotClassifier(LABELS, templates="photo", model=tiny_loaded, cache=False)
+
+
+@pytest.fixture(scope="session")
+def bomb(tmp_path_factory) -> Path:
+    """A decompression bomb: 400 Mpx in ~50 kB."""
+    path = tmp_path_factory.mktemp("bomb") / "bomb.png"
+    Image.new("1", (20000, 20000)).save(path)
+    return path
+
+
+def code_of(path, **kwargs) -> str:
+    """The reason code ``open_image`` refuses ``path`` with."""
+    from zeroshot.data.decode import open_image
+    from zeroshot.errors import ImageError
+
+    with pytest.raises(ImageError) as info:
+        open_image(str(path), **kwargs)
+    return info.value.code
+
+
+def classify(clf, paths, **kwargs) -> dict:
+    """Predictions by path (decoded in this process unless ``workers`` is given)."""
+    kwargs.setdefault("workers", 0)
+    return {p.path: p for p in clf.classify_paths([str(p) for p in paths], **kwargs)}
+
+
+def encoded(fmt: str, colour=RED, size=(64, 48), mode="RGB", **save) -> bytes:
+    """An image file's bytes in ``fmt``."""
+    import io
+
+    buf = io.BytesIO()
+    img = Image.new("RGB", size, colour)
+    img.convert(mode).save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+def classify_cli(args, **kwargs):
+    """``zeroshot classify ARGS`` through typer's CliRunner."""
+    from typer.testing import CliRunner
+
+    from zeroshot.cli import app
+
+    return CliRunner().invoke(app, ["classify", *args], **kwargs)

@@ -105,3 +105,71 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
 def test_output_folder_must_exist(tmp_path):
     with pytest.raises(OutputError, match="does not exist"):
         write_predictions(PREDS, FORMATS["csv"], output=tmp_path / "nope" / "out.csv")
+
+
+# ----------------------------------------------------------- text an output cannot hold as UTF-8
+
+# Row 2's name has an undecodable byte (0xff, held as U+DCFF): CSV writes the byte back as it was.
+# Row 3's label has a lone surrogate no UTF-8 file can hold.
+UNWRITABLE = [Prediction("a.jpg", ("cat",), (0.5,)), Prediction("b-\udcff.jpg", ("dog",), (0.5,)),
+              Prediction("c.jpg", ("x\ud800",), (0.5,))]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "table"])
+def test_a_lone_surrogate_is_refused_before_the_file_is_touched(tmp_path, fmt):
+    path = tmp_path / "out.data"
+    path.write_text("previous\n")
+    with pytest.raises(OutputError) as info:
+        write_predictions(UNWRITABLE, FORMATS[fmt], output=path)
+    name = "the table" if fmt == "table" else fmt.upper()
+    assert str(info.value) == (
+        f"--output {path}: row 3 (path 'c.jpg'): U+D800 in the label is a lone surrogate, which {name} cannot "
+        "write as UTF-8; fix the label, or write JSON lines (--format jsonl), which escape it; nothing was written")
+    assert path.read_text() == "previous\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.data"]  # the temporary is gone too
+
+
+def test_parquet_refuses_a_file_names_undecodable_bytes(tmp_path):
+    path = tmp_path / "out.parquet"
+    with pytest.raises(OutputError, match=r"^--output .*out\.parquet: row 2 \(path 'b-\\udcff\.jpg'\): U\+DCFF in the "
+                       r"path is not UTF-8 text .*; Parquet holds only UTF-8 text: write CSV or TSV.*nothing was written$"):
+        write_predictions(UNWRITABLE, FORMATS["parquet"], output=path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json"])
+def test_json_escapes_what_utf8_cannot_hold(tmp_path, fmt):
+    path = tmp_path / f"out.{fmt}"
+    write_predictions(UNWRITABLE, FORMATS[fmt], output=path)
+    text = path.read_text(encoding="utf-8")  # strict: the file is valid UTF-8
+    assert "\\udcff" in text and "\\ud800" in text
+    records = [json.loads(line) for line in text.splitlines()] if fmt == "jsonl" else json.loads(text)
+    assert [r["path"] for r in records] == [p.path for p in UNWRITABLE]
+    assert records[2]["predictions"][0]["label"] == "x\ud800"
+
+
+def _fake_stdout(monkeypatch, encoding="utf-8"):
+    out = io.TextIOWrapper(io.BytesIO(), encoding=encoding, errors="surrogateescape", newline="")
+    monkeypatch.setattr("sys.stdout", out)
+    return out
+
+
+def test_a_lone_surrogate_on_stdout_stops_before_its_row(monkeypatch):
+    out = _fake_stdout(monkeypatch)
+    with pytest.raises(OutputError) as info:
+        write_predictions(UNWRITABLE, FORMATS["csv"])
+    assert str(info.value).startswith("stdout: row 3 (path 'c.jpg'): U+D800 in the label is a lone surrogate")
+    assert str(info.value).endswith("; the rows before it were written")
+    out.flush()
+    assert out.buffer.getvalue() == b"path,label,score,error\na.jpg,cat,0.5,\nb-\xff.jpg,dog,0.5,\n"
+
+
+def test_stdout_in_an_encoding_without_the_character(monkeypatch):
+    _fake_stdout(monkeypatch, "ascii")
+    with pytest.raises(OutputError, match=r"^stdout: row 1 \(path 'ü\.jpg'\): U\+00FC in the path cannot be "
+                       r"written in ascii; make the output UTF-8 .*only the header was written$"):
+        write_predictions([Prediction("ü.jpg")], FORMATS["csv"])
+    out = _fake_stdout(monkeypatch, "ascii")
+    write_predictions([Prediction("ü.jpg")], FORMATS["jsonl"])  # JSON escapes it instead
+    out.flush()
+    assert json.loads(out.buffer.getvalue())["path"] == "ü.jpg"

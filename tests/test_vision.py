@@ -20,6 +20,11 @@ def loaded_with(**vision_cfg) -> LoadedModel:
     return LoadedModel(model, None, None, "test", "", "", torch.device("cpu"), "fp32")
 
 
+def randn(*shape: int, seed: int = 0) -> torch.Tensor:
+    """Seeded here, so no test depends on the global RNG (or on which tests ran before it)."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
 def reference(loaded: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         return torch.nn.functional.normalize(loaded.model.encode_image(pixels).float(), dim=-1)
@@ -33,7 +38,7 @@ def reference(loaded: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
 ])
 def test_class_token_shortcut_matches_the_full_forward(cfg):
     loaded = loaded_with(**cfg)
-    pixels = torch.randn(5, 3, 32, 32)
+    pixels = randn(5, 3, 32, 32)
     assert supports_class_token_shortcut(loaded.model)
     fast = encode_images(loaded, pixels)
     assert loaded.class_token_shortcut is True  # checked on the first batch and kept on
@@ -41,7 +46,7 @@ def test_class_token_shortcut_matches_the_full_forward(cfg):
 
 
 def test_shortcut_is_exact_on_the_tiny_registered_model(tiny_loaded):
-    pixels = torch.randn(4, 3, 32, 32)
+    pixels = randn(4, 3, 32, 32)
     assert torch.allclose(encode_images(tiny_loaded, pixels), encode_images(tiny_loaded, pixels, shortcut=False), atol=1e-6)
 
 
@@ -50,7 +55,7 @@ def test_towers_not_pooled_at_the_class_token_use_the_ordinary_forward(cfg, monk
     loaded = loaded_with(**cfg)
     assert not supports_class_token_shortcut(loaded.model)
     monkeypatch.setattr(vision, "_encode_image_class_token", lambda *a: pytest.fail("shortcut used"))
-    pixels = torch.randn(3, 3, 32, 32)
+    pixels = randn(3, 3, 32, 32)
     assert torch.allclose(encode_images(loaded, pixels), reference(loaded, pixels), atol=1e-6)
 
 
@@ -60,10 +65,10 @@ def test_a_disagreeing_shortcut_is_switched_off_for_good(monkeypatch):
 
     def wrong(model, pixels):
         calls.append(len(pixels))
-        return torch.randn(len(pixels), 32)
+        return randn(len(pixels), 32, seed=1)
 
     monkeypatch.setattr(vision, "_encode_image_class_token", wrong)
-    pixels = torch.randn(4, 3, 32, 32)
+    pixels = randn(4, 3, 32, 32)
     first = encode_images(loaded, pixels)
     second = encode_images(loaded, pixels)
     assert loaded.class_token_shortcut is False
@@ -77,7 +82,7 @@ def test_shortcut_stays_on_under_bf16_autocast():
     wrong tower (and the shortcut must stay as close to the ordinary bf16 forward as fp32 is)."""
     loaded = loaded_with()
     loaded.precision = "bf16"
-    pixels = torch.randn(6, 3, 32, 32)
+    pixels = randn(6, 3, 32, 32)
     fast = encode_images(loaded, pixels)
     assert loaded.class_token_shortcut is True
     slow = encode_images(loaded, pixels, shortcut=False)

@@ -6,6 +6,14 @@ per-class files) writes through it. Files are written to a temporary file beside
 renamed into place when complete, so an interrupted run never leaves a torn file; the new file
 gets the permissions a shell redirect would give it (the existing file's mode, or 0666 less the
 umask).
+
+Text is written as UTF-8. A file name whose bytes are not UTF-8 (Python holds those bytes as the
+lone surrogates U+DC80..U+DCFF) is written back as the same bytes by CSV, TSV and the table, and as
+``\\udcXX`` escapes by JSON and JSONL, which stay valid UTF-8. Any other lone surrogate (from a
+Windows file name, or a string passed to the Python API) JSON escapes too; CSV, TSV and the table
+cannot write it, and Parquet holds no lone surrogate at all. Such text, or text that stdout's
+encoding cannot hold, is refused with a one-line :class:`OutputError` naming the row and its path,
+raised before that row is written: a file output is left as it was.
 """
 
 from __future__ import annotations
@@ -41,6 +49,54 @@ def restore_cell(cell: str) -> str:
     return cell[1:] if cell.startswith(QUOTE) else cell
 
 
+def shown(text: str) -> str:
+    """``text`` for a one-line message: controls and lone surrogates as escapes."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
+class UnwritableText(Exception):
+    """A cell the target cannot encode (internal: :func:`write_records` turns it into an
+    :class:`OutputError` that names the target)."""
+
+    def __init__(self, row: int | None, column: str, path: str | None, text: str, char: str, fmt: str,
+                 encoding: str) -> None:
+        super().__init__(row, column, char)
+        self.row, self.column, self.path, self.text, self.char = row, column, path, text, char
+        self.fmt, self.encoding = fmt, encoding
+
+    def message(self, target: str, written_before: bool) -> str:
+        where = f"row {self.row}" if self.row is not None else f"the {self.column} '{shown(self.text)}'"
+        if self.path is not None:
+            where += f" (path '{shown(self.path)}')"
+        code = f"U+{ord(self.char):04X}"
+        name = "the table" if self.fmt == "table" else self.fmt.upper()
+        if 0xD800 <= ord(self.char) <= 0xDFFF and self.fmt == "parquet":
+            what = f"{code} in the {self.column} is not UTF-8 text (a file name's undecodable bytes or a lone surrogate)"
+            todo = "Parquet holds only UTF-8 text: write CSV or TSV, which keep a file name's bytes, or JSON lines"
+        elif 0xD800 <= ord(self.char) <= 0xDFFF:
+            what = f"{code} in the {self.column} is a lone surrogate, which {name} cannot write as UTF-8"
+            fix = "rename the file" if self.column == "path" else f"fix the {self.column}"
+            todo = f"{fix}, or write JSON lines (--format jsonl), which escape it"
+        else:
+            what = f"{code} in the {self.column} cannot be written in {self.encoding}"
+            todo = "make the output UTF-8 (e.g. PYTHONIOENCODING=utf-8) or write to a file with --output"
+        if not written_before:
+            done = "nothing was written"
+        else:
+            done = "the rows before it were written" if (self.row or 0) > 1 else "only the header was written"
+        return f"{target}: {where}: {what}; {todo}; {done}"
+
+
+def _fits(text: str, codec: tuple[str, str]) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode(*codec)
+    except UnicodeError:
+        return False
+    return True
+
+
 # ------------------------------------------------------------------------------------ writers
 
 
@@ -49,11 +105,29 @@ class Writer:
 
     binary = False
     collects = False  # needs every row before it can write anything
+    escapes = False  # can write any str (JSON escapes): nothing to check
 
     def __init__(self, stream: IO, columns: Sequence[str], safe_csv: bool = True) -> None:
         self.stream = stream
         self.columns = list(columns)
         self.safe_csv = safe_csv
+        self.codec = stream_codec(stream, self.binary)
+
+    def check(self, record: Record, row: int | None) -> None:
+        """Raise :class:`UnwritableText` when a cell of ``record`` cannot be written."""
+        if self.escapes or self.codec is None:
+            return
+        cells = record.flat()
+        for column, cell in zip(self.columns, cells):
+            if isinstance(cell, str) and not _fits(cell, self.codec):
+                char = next(c for c in cell if not _fits(c, self.codec))
+                path = cells[self.columns.index("path")] if "path" in self.columns else None
+                raise UnwritableText(row, column, path if isinstance(path, str) else None, cell, char,
+                                     self.format_name, self.codec[0])
+
+    @property
+    def format_name(self) -> str:
+        return next((f.name for f in FORMATS.values() if f.writer is type(self)), type(self).__name__)
 
     def begin(self) -> None: ...
 
@@ -85,14 +159,12 @@ class TsvWriter(DelimitedWriter):
     delimiter = "\t"
 
 
-def to_json(record: Any, indent: int | None = None) -> str:
+def to_json(record: Any, indent: int | None = None, encoding: str = "utf-8") -> str:
     """JSON text, readable Unicode; names that are not valid Unicode (undecodable bytes in a
     file name, kept by Python as lone surrogates) are written as ``\\udcXX`` escapes instead of
-    making the file invalid UTF-8."""
+    making the file invalid UTF-8 (and so is any text ``encoding`` cannot hold)."""
     text = json.dumps(record, ensure_ascii=False, indent=indent)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
+    if not _fits(text, (encoding, "strict")):
         return json.dumps(record, ensure_ascii=True, indent=indent)
     return text
 
@@ -106,17 +178,22 @@ def _csv_cell(value: Any) -> Any:
 
 
 class JsonlWriter(Writer):
+    escapes = True
+
+    def json(self, record: Record) -> str:
+        return to_json(record.as_dict(), encoding=self.codec[0] if self.codec else "utf-8")
+
     def write(self, record: Record) -> None:
-        self.stream.write(to_json(record.as_dict()) + "\n")
+        self.stream.write(self.json(record) + "\n")
 
 
-class JsonWriter(Writer):
+class JsonWriter(JsonlWriter):
     def begin(self) -> None:
         self.stream.write("[")
         self.first = True
 
     def write(self, record: Record) -> None:
-        self.stream.write(("\n" if self.first else ",\n") + to_json(record.as_dict()))
+        self.stream.write(("\n" if self.first else ",\n") + self.json(record))
         self.first = False
 
     def end(self) -> None:
@@ -267,6 +344,19 @@ def choose_format(requested: str, output: Path | None, stdout_is_tty: bool, opti
     return FORMATS["table"] if stdout_is_tty else FORMATS["csv"]
 
 
+def stream_codec(stream: IO, binary: bool = False) -> tuple[str, str] | None:
+    """``(encoding, errors)`` text written to ``stream`` goes through: UTF-8 (strict) for the
+    strings of a binary format, the stream's own for a text stream, None when it takes any str
+    (a StringIO)."""
+    if binary:
+        return ("utf-8", "strict")
+    encoding = getattr(stream, "encoding", None)
+    if not isinstance(encoding, str) or not encoding:
+        return None
+    errors = getattr(stream, "errors", None)
+    return (encoding, errors if isinstance(errors, str) and errors else "strict")
+
+
 def new_file_mode(path: Path) -> int:
     """The mode a shell redirect would give ``path``: the existing file's, or 0666 less the umask."""
     try:
@@ -330,12 +420,58 @@ def write_records(
     option: str = "--output",
 ) -> None:
     """Write records in ``fmt`` to ``output`` (atomically) or ``stream`` (default stdout, flushed
-    row by row for streaming formats)."""
+    row by row for streaming formats). A row with text the output cannot hold (see the module
+    docstring) raises :class:`OutputError` before the row is written; ``output`` is then left
+    as it was."""
     if output is not None:
-        with atomic_file(output, binary=fmt.writer.binary, option=option) as handle:
-            _drive(fmt.writer(handle, columns, safe_csv), records)
+        try:
+            with atomic_file(output, binary=fmt.writer.binary, option=option) as handle:
+                _drive(fmt.writer(handle, columns, safe_csv), records)
+        except UnwritableText as err:
+            raise OutputError(err.message(f"{option} {shown(str(output))}", written_before=False)) from None
         return
-    _drive(fmt.writer(open_target(fmt, stream), columns, safe_csv), records, flush=True)
+    target = open_target(fmt, stream)
+    writer = fmt.writer(target, columns, safe_csv)
+    try:
+        _drive(writer, records, flush=True)
+    except UnwritableText as err:
+        raise OutputError(err.message(_stream_name(target), written_before=not writer.collects)) from None
+
+
+def _stream_name(stream: IO) -> str:
+    return "stdout" if stream in (sys.stdout, getattr(sys.stdout, "buffer", None)) else "the output stream"
+
+
+def check_writable(
+    column: str,
+    texts: Sequence[str],
+    fmt: Format,
+    output: Path | None = None,
+    stream: IO | None = None,
+    option: str = "--output",
+    rows: bool = True,
+) -> None:
+    """Raise the :class:`OutputError` that writing ``texts`` in ``column`` to ``output`` or
+    ``stream`` would raise for text it cannot hold, without writing anything, so a long run can
+    refuse its inputs before its work instead of after. ``texts[i]`` is row ``i + 1``'s cell
+    (``rows``), or a value that may appear in any row (a label: ``rows=False``)."""
+    if fmt.writer.escapes:
+        return
+    if output is not None:
+        codec: tuple[str, str] | None = ("utf-8", "strict") if fmt.writer.binary else ("utf-8", "surrogateescape")
+        target = f"{option} {shown(str(output))}"
+    else:
+        sink = open_target(fmt, stream)
+        codec = stream_codec(sink, fmt.writer.binary)
+        target = _stream_name(sink)
+    if codec is None or _fits("\n".join(texts), codec):  # one pass for a million names
+        return
+    for number, text in enumerate(texts, 1):
+        if not _fits(text, codec):
+            char = next(c for c in text if not _fits(c, codec))
+            err = UnwritableText(number if rows else None, column, text if rows and column == "path" else None,
+                                 text, char, fmt.name, codec[0])
+            raise OutputError(err.message(target, written_before=False))
 
 
 def write_predictions(
@@ -372,7 +508,8 @@ def write_json_document(document: Any, path: Path, option: str = "--output") -> 
 
 def _drive(writer: Writer, records: Iterable[Record], flush: bool = False) -> None:
     writer.begin()
-    for record in records:
+    for row, record in enumerate(records, 1):
+        writer.check(record, row)
         writer.write(record)
         if flush and not writer.collects:
             writer.stream.flush()

@@ -30,7 +30,7 @@ from ..errors import UsageError
 from ..models import DEFAULT_MODEL, DEFAULT_PRETRAINED, LoadedModel, load_model
 from ..output.journal import ResumableOutput, fingerprint
 from ..output.rows import Prediction, to_dataframe
-from ..output.writers import Format, choose_format, write_predictions
+from ..output.writers import Format, check_writable, choose_format, write_predictions
 from ..prompts import TemplateSet, as_template_set, validate_labels
 from ..scoring import class_logits, probabilities, top_k
 
@@ -267,6 +267,11 @@ def classify_to_file(
         raise UsageError("classify_to_file: resume=True needs the output file the interrupted run was writing")
     found = inputs if isinstance(inputs, Discovery) else discover(inputs, recursive, include_hidden)
     fmt = format if isinstance(format, Format) else choose_format(format, path, stdout_is_tty=False)
+    # Text the output cannot hold (e.g. a lone surrogate in a name, for CSV) is refused now,
+    # before any image is classified, rather than when the finished rows are written.
+    labels = list(classifier.labels) + ([rank.unknown_label] if rank.min_score is not None else [])
+    check_writable("label", labels, fmt, path, rows=False)
+    check_writable("path", [s.path for s in found.items], fmt, path)
     if journal is None and path is not None:
         journal = ResumableOutput.open(path, classifier.fingerprint(rank), resume)
     elif journal is not None and journal.fingerprint != classifier.fingerprint(rank):
