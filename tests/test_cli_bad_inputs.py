@@ -13,8 +13,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-from conftest import LABELS, RED, classify_cli, encoded, make_image
 from PIL import Image
+
+from conftest import LABELS, RED, classify_cli, encoded, make_image
 
 # ----------------------------------------------------------- the whole zoo through the CLI
 

@@ -15,13 +15,14 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import RED, classify, code_of, encoded, make_image
 from PIL import Image
 
 from zeroshot.data.decode import open_image
 from zeroshot.data.discover import discover
 from zeroshot.data.preprocess import Preprocessor, crop_extreme_aspect
 from zeroshot.errors import ImageError
+
+from conftest import RED, classify, code_of, encoded, make_image
 
 
 def near(pixel, colour, tol=12) -> bool:

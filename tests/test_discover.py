@@ -8,11 +8,12 @@ import threading
 import time
 
 import pytest
-from conftest import classify, code_of, make_image
 
 from zeroshot.data.decode import open_image
 from zeroshot.data.discover import discover
 from zeroshot.errors import ImageError
+
+from conftest import classify, code_of, make_image
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 

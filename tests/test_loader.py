@@ -9,10 +9,11 @@ import time
 
 import pytest
 import torch
-from conftest import make_image
 
 from zeroshot.data.discover import discover
 from zeroshot.data.loader import ImageDataset, iterate_batches
+
+from conftest import make_image
 
 # ---------------------------------------------------------------- #14-#16 batches and workers
 

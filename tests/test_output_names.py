@@ -11,13 +11,14 @@ import subprocess
 import sys
 
 import pytest
-from conftest import classify_cli, make_image
 from typer.testing import CliRunner
 
 from zeroshot.cli import app
 from zeroshot.errors import OutputError
 from zeroshot.output.rows import Prediction
 from zeroshot.output.writers import FORMATS, write_predictions
+
+from conftest import classify_cli, make_image
 
 # ------------------------------------------------------------------------ #21-#22 output text
 

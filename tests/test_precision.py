@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import LABELS, make_image
 
 from zeroshot.tasks.classify import ZeroShotClassifier
+
+from conftest import LABELS, make_image
 
 # ---------------------------------------------------------------------- #30 reduced precision
 

@@ -13,7 +13,6 @@ import unicodedata
 import warnings
 from pathlib import Path
 
-from conftest import examples
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +22,8 @@ from zeroshot.output.journal import Journal, fingerprint, merge_in_order, read_j
 from zeroshot.output.rows import Prediction
 from zeroshot.output.writers import FORMATS, FORMULA_PREFIXES, neutralize_formula, write_predictions
 from zeroshot.prompts import PLACEHOLDER, fill, normalize_template, parse_lines, validate_labels, validate_templates
+
+from conftest import examples
 
 FAST = settings(max_examples=examples(60))
 # Any Unicode text, including lone surrogates (undecodable bytes in file names) and controls.

@@ -13,7 +13,6 @@ import textwrap
 import time
 
 import pytest
-from conftest import LABELS, classify_cli, make_image
 
 from zeroshot.errors import OutputError
 from zeroshot.output.journal import (
@@ -25,6 +24,8 @@ from zeroshot.output.journal import (
 )
 from zeroshot.output.rows import Prediction
 from zeroshot.output.writers import FORMATS, atomic_file, write_predictions
+
+from conftest import LABELS, classify_cli, make_image
 
 # -------------------------------------------------------------------- #23-#24 crash and resume
 
