@@ -10,12 +10,11 @@ import struct
 import subprocess
 import sys
 import textwrap
-import time
 import zlib
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from zeroshot.data.decode import open_image
 from zeroshot.data.discover import discover
@@ -198,11 +197,14 @@ def test_10_heic_avif_without_plugin_skip_with_hint(tmp_path, brand, name, hint)
 
 
 
-def test_11_decompression_bomb_is_skipped_before_decoding(bomb):
+def test_11_decompression_bomb_is_skipped_before_decoding(bomb, monkeypatch):
     assert bomb.stat().st_size < 200_000
-    started = time.perf_counter()
+
+    def no_decoding(self, *args, **kwargs):
+        raise AssertionError("pixels were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)  # the header alone must decide
     assert code_of(bomb) == "too_large"
-    assert time.perf_counter() - started < 1.0
 
 
 def test_11_bomb_memory_stays_bounded(bomb):
@@ -247,8 +249,7 @@ def test_13_extreme_aspect_is_cropped_before_resize(clf):
     cropped = crop_extreme_aspect(strip)
     assert cropped.size == (2, 8)
     assert clf.preprocessor.crop_extremes
-    started = time.perf_counter()
     pixels = clf.preprocessor.pixels(strip)  # uncropped this would be a 32 x 16M image
-    assert tuple(pixels.shape) == (3, 32, 32) and time.perf_counter() - started < 2
+    assert tuple(pixels.shape) == (3, 32, 32)
     normal = Image.new("RGB", (300, 100), RED)
     assert crop_extreme_aspect(normal) is normal  # ordinary images are untouched (exact)
