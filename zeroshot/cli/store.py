@@ -54,16 +54,14 @@ def info(store: StoreOpt = None) -> None:
 @store_app.command("check")
 def check(store: StoreOpt = None) -> None:
     """Verify the store (SQLite integrity, orphan entries, duplicates, vector sizes, NaN): one line per problem, exit 1 if any."""
-    with cli_errors():
-        with open_store(store) as st:
-            problems = st.check()
-            entries = st.count()
+    with cli_errors(), open_store(store) as st:
+        problems = st.check()
         for line in problems:
             typer.echo(printable(line))
         if problems:
             say(f"store {printable(str(st.location))}: {len(problems)} problem{'s' if len(problems) != 1 else ''}")
             raise typer.Exit(EXIT_FATAL)
-        say(f"store {printable(str(st.location))}: ok ({entries} entries)")
+        say(f"store {printable(str(st.location))}: ok ({st.count()} entries)")
 
 
 @store_app.command("prune")
@@ -86,12 +84,12 @@ def prune(
     from ..errors import UsageError
 
     with cli_errors():
+        if keep and not other_models:
+            raise UsageError("--keep goes with --other-models")
         if not (missing or other_models):
             raise UsageError("say what to prune: --missing (files that are gone) and/or --other-models --keep KEY")
         if other_models and not keep:
             raise UsageError("--other-models needs --keep KEY: the key to keep (ids from 'zeroshot store info')")
-        if keep and not other_models:
-            raise UsageError("--keep goes with --other-models")
         if gone_folders and not missing:
             raise UsageError("--gone-folders goes with --missing")
         with open_store(store) as st:

@@ -152,6 +152,8 @@ class Store:
                 raise StoreError(f"store {self.location}: cannot create the folder: {err.strerror or err}") from None
         elif self.database.is_dir():
             raise StoreError(f"store {self.database} is a folder, not a database file")
+        else:
+            _check_header(self.database)
         with self._errors("open"):
             self.conn = sqlite3.connect(str(self.database), timeout=busy_timeout, isolation_level=None,
                                         check_same_thread=False)
@@ -306,7 +308,7 @@ class Store:
 
     # ---------------------------------------------------------------------------- reading
 
-    def keys(self) -> list[KeyStats]:
+    def list_keys(self) -> list[KeyStats]:
         """Every key in the store with its number of entries, oldest first."""
         with self._errors("read"):
             rows = self.conn.execute(
@@ -319,9 +321,9 @@ class Store:
     def find_key(self, id_prefix: str) -> KeyStats:
         """The key whose id (as ``store info`` shows it) starts with ``id_prefix``."""
         text = id_prefix.strip().lower()
-        matches = [k for k in self.keys() if text and k.key.digest.startswith(text)]
+        matches = [k for k in self.list_keys() if text and k.key.digest.startswith(text)]
         if len(matches) != 1:
-            known = ", ".join(k.id for k in self.keys()) or "none"
+            known = ", ".join(k.id for k in self.list_keys()) or "none"
             why = "matches several keys" if matches else "matches no key"
             raise UsageError(f"key {id_prefix!r} {why} of store {self.location} (keys: {known})")
         return matches[0]
@@ -409,7 +411,7 @@ class Store:
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(OSError):
                 size += os.stat(f"{self.database}{suffix}").st_size
-        return StoreInfo(self.location, self.database, size, self.schema, self.keys())
+        return StoreInfo(self.location, self.database, size, self.schema, self.list_keys())
 
     # ---------------------------------------------------------------------------- writing
 
@@ -455,7 +457,7 @@ class Store:
             for key_id, path, n in self.conn.execute(
                     "SELECT key_id, path, count(*) FROM files NOT INDEXED GROUP BY key_id, path HAVING count(*) > 1"):
                 problems.append(f"duplicate entries ({n}) for {self.paths.from_db(path)} (key row {key_id})")
-            for stats in self.keys():
+            for stats in self.list_keys():
                 problems += self._check_key(stats)
         except sqlite3.DatabaseError as err:
             problems.append(f"database: {err}")
@@ -504,7 +506,7 @@ class Store:
         is gone too (an unmounted drive?) is only removed with ``gone_folders``. Keys left
         without entries are removed. ``dry_run`` reports without removing."""
         stats = PruneStats()
-        all_keys = self.keys()
+        all_keys = self.list_keys()
         if keep is not None:
             kept = {k.digest if isinstance(k, EmbeddingKey) else self.find_key(k).key.digest for k in keep}
             stats.keys = [k for k in all_keys if k.key.digest not in kept]
@@ -565,7 +567,7 @@ class Store:
 
         from ..output.writers import atomic_file
 
-        keys = [k for k in self.keys() if key is None or k.key.digest == key.digest]
+        keys = [k for k in self.list_keys() if key is None or k.key.digest == key.digest]
         schema = pa.schema([("path", pa.string()), ("model", pa.string()), ("pretrained", pa.string()),
                             ("key", pa.string()), ("embedding", pa.list_(pa.float32()))])
         total, written = sum(k.entries for k in keys), 0
@@ -595,6 +597,18 @@ class Store:
                         on_progress(written, total)
             writer.close()
         return written
+
+
+def _check_header(database: Path) -> None:
+    """Refuse a file that is not SQLite before SQLite sees it (it would take a tiny file for an
+    empty database and write over it)."""
+    try:
+        with open(database, "rb") as handle:
+            head = handle.read(16)
+    except OSError as err:
+        raise StoreError(f"store {database}: cannot read: {err.strerror or err}") from None
+    if head and head != b"SQLite format 3\x00":
+        raise StoreError(f"store {database}: not a zeroshot store (not an SQLite database)")
 
 
 def _text(path: str) -> str:
