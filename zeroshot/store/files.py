@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -97,6 +99,14 @@ class PathMap:
     def from_db(self, stored: bytes) -> str:
         text = os.fsdecode(stored)
         return text if os.path.isabs(text) else os.path.join(self.anchor, text)
+
+    def from_db_many(self, stored: Sequence[bytes]) -> list[str]:
+        """:meth:`from_db` for many paths (loading a matrix of a million entries)."""
+        if os.name != "posix":
+            return [self.from_db(p) for p in stored]
+        encoding, prefix = sys.getfilesystemencoding(), self.prefix
+        texts = [p.decode(encoding, "surrogateescape") for p in stored]
+        return [t if t[:1] == "/" else prefix + t for t in texts]
 
     def ranges_under(self, root: str) -> list[tuple[bytes, bytes | None]]:
         """``[low, high)`` ranges (``None``: no upper bound) of stored paths that lie under the

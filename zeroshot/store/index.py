@@ -223,8 +223,9 @@ def index_files(store: Store, loaded: LoadedModel, inputs: Sequence[str | os.Pat
         with store._transaction() as conn:
             if rows:
                 batch_key_id, dtype = store._ensure_key(conn, key, int(batch.embeddings.shape[1]))
-                store._upsert(conn, batch_key_id, [(it.stored, it.stat.st_size, it.stat.st_mtime_ns, it.digest,
-                                                    store._blob(vector, dtype)) for it, vector in rows])
+                blobs = store._blobs([vector for _, vector in rows], dtype)
+                store._upsert(conn, batch_key_id, [(it.stored, it.stat.st_size, it.stat.st_mtime_ns, it.digest, blob)
+                                                   for (it, _), blob in zip(rows, blobs)])
             for it in failed:  # a changed file that cannot be read: its old vector is stale
                 if it.stored in held:
                     conn.execute("DELETE FROM files WHERE path = ? AND key_id = (SELECT id FROM keys WHERE digest = ?)",
