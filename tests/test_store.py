@@ -380,6 +380,9 @@ def test_a_damaged_database_is_a_problem_or_a_one_line_error(tiny_loaded, tmp_pa
         assert "\n" not in str(err) and "damaged" in str(err)
     else:
         assert problems and all("\n" not in p for p in problems)
+    result = cli("store", "check", "--store", store_dir)  # the command says so too, in lines, exit 1
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stdout.strip() or result.stderr.startswith("error: store ")
 
 
 def test_open_refuses_what_is_not_a_store(tmp_path):
