@@ -19,6 +19,7 @@ LAYERS = [
     {"data"},
     {"encode"},
     {"output"},
+    {"store"},
     {"tasks"},
     {"cli", "__main__"},
 ]

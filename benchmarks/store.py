@@ -1,0 +1,160 @@
+"""Embedding store at library scale: a synthetic store of N random unit vectors (512 values,
+stored as float16 blobs in SQLite WAL), measured the way search will use it::
+
+    python benchmarks/store.py                       # 100,000 and 1,000,000 vectors
+    python benchmarks/store.py --sizes 100000 --dim 768
+
+Per size: insert time (Store.add, one transaction per 256 vectors, the batch size of a GPU
+index run), database size, cold load (a fresh process: Store.open + Store.matrix, the file in
+the page cache), the resident memory the loaded matrix adds to that process, and a warm
+brute-force query (one fp32 matrix-vector product + top-10, median of repeats, in that process).
+Sizes whose float32 matrix would not fit in the memory available are extrapolated linearly from
+the largest measured one, and marked so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+INSERT_BATCH = 256
+
+# Runs in a fresh process: open + matrix (cold), then warm queries; prints JSON.
+_COLD = """
+import json, os, sys, time, statistics
+import torch
+from zeroshot.store import Store, EmbeddingKey
+
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
+
+key = EmbeddingKey(**json.loads(sys.argv[2]))
+torch.zeros(1) @ torch.zeros(1)  # torch itself initialised outside the timing
+before = rss()
+t0 = time.perf_counter()
+store = Store.open(sys.argv[1], create=False)
+paths, matrix = store.matrix(key)
+load = time.perf_counter() - t0
+after = rss()
+query = torch.nn.functional.normalize(torch.randn(matrix.shape[1], generator=torch.Generator().manual_seed(1)), dim=0)
+t0 = time.perf_counter()
+scores = matrix @ query
+top = torch.topk(scores, 10)
+first = time.perf_counter() - t0
+times = []
+for _ in range(int(sys.argv[3])):
+    t0 = time.perf_counter()
+    scores = matrix @ query
+    top = torch.topk(scores, 10)
+    times.append(time.perf_counter() - t0)
+print(json.dumps({"load_s": load, "rss_bytes": after - before, "first_query_s": first,
+                  "query_s": statistics.median(times), "rows": len(paths), "threads": torch.get_num_threads()}))
+"""
+
+
+def available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as handle:
+            return next(int(line.split()[1]) * 1024 for line in handle if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return 0
+
+
+def build(folder: Path, n: int, dim: int, seed: int = 0):
+    from zeroshot.store import EmbeddingKey, FileRecord, Store
+
+    key = EmbeddingKey(model="synthetic", weights=f"random-{dim}", preprocess="none", decode="exact",
+                       precision="fp32", pretrained="synthetic")
+    rng = np.random.default_rng(seed)
+    store = Store.open(folder)
+    seconds = 0.0
+    for start in range(0, n, INSERT_BATCH):
+        count = min(INSERT_BATCH, n - start)
+        vectors = rng.standard_normal((count, dim), dtype=np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        hashes = rng.bytes(32 * count)
+        records = [FileRecord(f"/photos/{(start + i) // 1000:04d}/IMG_{start + i:07d}.jpg", 3_000_000 + i,
+                              1_700_000_000_000_000_000 + start + i, hashes[32 * i:32 * i + 32], vectors[i])
+                   for i in range(count)]
+        t0 = time.perf_counter()  # only the store's work: records are made outside the timing
+        store.add(key, records)
+        seconds += time.perf_counter() - t0
+    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size = sum(os.path.getsize(p) for p in folder.iterdir())
+    store.close()
+    return key, seconds, size
+
+
+def cold(folder: Path, key, repeats: int) -> dict:
+    from dataclasses import asdict
+
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", _COLD, str(folder), json.dumps(asdict(key)), str(repeats)],
+                         capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="100000,1000000", help="comma-separated numbers of vectors")
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=20, help="warm queries per size (the median is reported)")
+    parser.add_argument("--dir", default=None, help="where to build the stores (default: a temporary folder)")
+    args = parser.parse_args()
+    sizes = [int(s.replace("_", "")) for s in args.sizes.split(",")]
+    work = Path(args.dir or tempfile.mkdtemp(prefix="zeroshot-store-bench-"))
+    results = []
+    measured: dict | None = None
+    try:
+        for n in sizes:
+            # Cold load peaks at the float32 matrix plus one chunk; the builder holds little.
+            need = n * args.dim * 4 * 1.3
+            if available_memory() and need > available_memory() * 0.6 and measured is not None:
+                scale = n / measured["n"]
+                results.append({"n": n, "how": f"extrapolated x{scale:g} from {measured['n']:,}",
+                                **{k: measured[k] * scale for k in ("insert_s", "db_bytes", "load_s", "rss_bytes",
+                                                                     "query_s", "first_query_s")}})
+                continue
+            folder = work / f"n{n}"
+            shutil.rmtree(folder, ignore_errors=True)
+            key, insert_s, db_bytes = build(folder, n, args.dim)
+            run = cold(folder, key, args.repeats)
+            assert run["rows"] == n
+            measured = {"n": n, "how": "measured", "insert_s": insert_s, "db_bytes": db_bytes, **run}
+            results.append(measured)
+            shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        if args.dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               "unknown CPU") if os.path.exists("/proc/cpuinfo") else "unknown CPU"
+    threads = measured.get("threads", "?") if measured else "?"
+    print(f"embedding store, {args.dim}-value unit vectors as float16 blobs (SQLite WAL); {cpu}, "
+          f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores, "
+          f"torch threads {threads}")
+    header = f"{'vectors':>10}  {'insert':>9}  {'db size':>9}  {'cold open+matrix':>16}  {'matrix RSS':>10}  " \
+             f"{'warm query':>10}  {'1st query':>9}  how"
+    print(header)
+    for r in results:
+        print(f"{r['n']:>10,}  {r['insert_s']:>8.2f}s  {r['db_bytes'] / 1e6:>7.0f}MB  {r['load_s']:>15.2f}s  "
+              f"{r['rss_bytes'] / 1e6:>8.0f}MB  {r['query_s'] * 1e3:>8.1f}ms  {r['first_query_s'] * 1e3:>7.1f}ms  "
+              f"{r['how']}")
+    print("warm query: fp32 matrix @ query + topk(10), median of", args.repeats, "; insert: Store.add, 256 per "
+          "transaction; cold: fresh process, file in the page cache")
+    print("command: python benchmarks/store.py " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
