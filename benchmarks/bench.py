@@ -26,7 +26,7 @@ What it does
    zeroshot image encoder
        ``zeroshot.vision.encode_images`` on the same tensors: the last transformer block is
        computed for the class token only (exact; the max difference is printed).
-   zeroshot classify_paths, ImageNet-size / 12 MP (draft) / 12 MP exact_preprocess
+   zeroshot classify_paths, ImageNet-size / 12 MP (draft) / 12 MP exact decode
        ``ZeroShotClassifier.classify_paths`` end to end (discovery, decode workers, preprocessing,
        model, scoring, predictions), default workers, 6 labels, after the class weights are
        built. "draft" is the default JPEG DCT-scaled decode; ``fast_decode=False`` (``--exact-decode``) decodes at
@@ -494,8 +494,8 @@ def table(res: dict, args) -> str:
     rows.append((f"zeroshot classify_paths, {cs['images']} ImageNet-size", fmt_rate(cs), ratio(cs["images_per_s"], tower), "; ".join(refs)))
     cb, cx = res["classify_big"], res["classify_big_exact"]
     rows.append((f"zeroshot classify_paths, {cb['images']} x 12 MP (draft decode)", fmt_rate(cb), ratio(cb["images_per_s"], tower),
-                 f"{ratio(cb['images_per_s'], cx['images_per_s'])} exact_preprocess"))
-    rows.append((f"zeroshot classify_paths, {cx['images']} x 12 MP exact_preprocess", fmt_rate(cx), ratio(cx["images_per_s"], tower), "1.00x"))
+                 f"{ratio(cb['images_per_s'], cx['images_per_s'])} exact decode"))
+    rows.append((f"zeroshot classify_paths, {cx['images']} x 12 MP exact decode", fmt_rate(cx), ratio(cx["images_per_s"], tower), "1.00x"))
     sl = res["seed_loop"]
     rows.append((f"seed-style open_clip loop, {sl['images']} ImageNet-size", fmt_rate(sl), ratio(sl["images_per_s"], tower), "reference"))
     if "hf_pipeline" in res:
