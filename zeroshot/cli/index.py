@@ -54,7 +54,6 @@ def index(
     from ..encode.embed import EmbedSettings
     from ..models import load_model, resolve_weights
     from ..store.db import Store
-    from ..store.keys import RANDOM_WEIGHTS
 
     started = time.perf_counter()
     stats = None
@@ -66,10 +65,7 @@ def index(
             problems = found.problems
             why = f" ({printable(problems[0][0])}: {problems[0][1]})" if problems else ""
             raise UsageError(f"found 0 images in {', '.join(inputs)}{why}; supported extensions are {exts}")
-        weights = resolve_weights(model, pretrained)
-        if weights.weights_id == RANDOM_WEIGHTS:
-            raise UsageError("--pretrained is empty: a model with random weights is different at every load, so "
-                             "the store cannot keep its vectors; pass a tag or a checkpoint file")
+        weights = resolve_weights(model, pretrained)  # an empty --pretrained is a usage error there
         with Store.open(store) as st:
             with status(f"loading {model} ({pretrained})", quiet):
                 loaded = load_model(weights, device=device, precision=precision.value)
