@@ -830,3 +830,13 @@ def test_plan_accepts_a_discovery_and_the_api_is_exported(work):
     assert zeroshot.plan_sort is plan_sort and zeroshot.undo_sort is undo_sort
     plan = plan_sort(NameClassifier(["cat"]), Discovery([]), work / "o", "copy")
     assert plan.items == [] and not (work / "o").exists()
+
+
+def test_report_goes_to_output_and_stdout_stays_empty(base, work, tmp_path):
+    report = tmp_path / "report.csv"
+    result = cli("sort", work / "photos", "--into", work / "sorted", "--symlink", "-o", report, *base)
+    assert result.exit_code == 0 and result.stdout == ""
+    lines = report.read_text().splitlines()
+    assert lines[0] == "source,destination,label,score,status,error" and len(lines) == 8
+    assert all(",done," in line for line in lines[1:])
+    assert f"wrote {report}" in result.stderr
