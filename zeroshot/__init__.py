@@ -53,6 +53,13 @@ _EXPORTS = {
     "evaluate": "tasks.evaluate",
     "Metrics": "metrics",
     "compute_metrics": "metrics",
+    "plan_sort": "tasks.sort",
+    "execute_sort": "tasks.sort",
+    "sort_images": "tasks.sort",
+    "undo_sort": "tasks.sort",
+    "folder_name": "tasks.sort",
+    "SortPlan": "tasks.sort",
+    "SortResult": "tasks.sort",
 }
 
 __all__ = [
@@ -63,6 +70,7 @@ __all__ = [
     "embed_images", "encode_prompts", "evaluate", "list_pretrained_models", "load_dataset",
     "load_model", "open_image", "resolve_labels", "resolve_templates", "resolve_weights",
     "to_dataframe", "write_predictions",
+    "plan_sort", "execute_sort", "sort_images", "undo_sort", "folder_name", "SortPlan", "SortResult",
 ]
 
 
@@ -94,3 +102,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .prompts import TemplateSet, resolve_labels, resolve_templates
     from .tasks.classify import RankSettings, RunStats, ZeroShotClassifier, classify_to_file
     from .tasks.evaluate import EvalResult, evaluate
+    from .tasks.sort import SortPlan, SortResult, execute_sort, folder_name, plan_sort, sort_images, undo_sort
