@@ -53,15 +53,18 @@ _EXPORTS = {
     "evaluate": "tasks.evaluate",
     "Metrics": "metrics",
     "compute_metrics": "metrics",
+    "Store": "store.db",
+    "search": "tasks.search",
+    "Query": "tasks.search",
 }
 
 __all__ = [
     "__version__", "ClassWeightCache", "EmbedSettings", "Embedded", "EvalDataset", "EvalResult",
     "FORMATS", "ImageError", "LoadedModel", "Metrics", "ModelLoadError", "OutputError",
-    "Prediction", "RankSettings", "RunStats", "TemplateSet", "UsageError", "ZeroShotClassifier",
-    "ZeroshotError", "build_class_weights", "classify_to_file", "compute_metrics", "discover",
-    "embed_images", "encode_prompts", "evaluate", "list_pretrained_models", "load_dataset",
-    "load_model", "open_image", "resolve_labels", "resolve_templates", "resolve_weights",
+    "Prediction", "Query", "RankSettings", "RunStats", "Store", "TemplateSet", "UsageError",
+    "ZeroShotClassifier", "ZeroshotError", "build_class_weights", "classify_to_file", "compute_metrics",
+    "discover", "embed_images", "encode_prompts", "evaluate", "list_pretrained_models", "load_dataset",
+    "load_model", "open_image", "resolve_labels", "resolve_templates", "resolve_weights", "search",
     "to_dataframe", "write_predictions",
 ]
 
@@ -92,5 +95,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .output.rows import Prediction, to_dataframe
     from .output.writers import FORMATS, write_predictions
     from .prompts import TemplateSet, resolve_labels, resolve_templates
+    from .store.db import Store
     from .tasks.classify import RankSettings, RunStats, ZeroShotClassifier, classify_to_file
     from .tasks.evaluate import EvalResult, evaluate
+    from .tasks.search import Query, search
