@@ -344,3 +344,12 @@ def test_eval_library_store_argument(tiny_loaded, tmp_path, encoder_calls):
         assert store.count(embedding_key(tiny_loaded, fast_decode=False)) == 4
     plain = evaluate(tiny_loaded, folder_dataset(root), ["photo"], EmbedSettings(workers=0), cache=False)
     assert (plain.images_encoded, plain.images_from_store) == (4, 0)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["cifar10", "--root", "nowhere", "--store", "st"], "--store is for datasets of image files; cifar10 is held in memory"),
+    (["folder", "nowhere", "--store", "st", "--no-cache"], "--store and --no-cache"),
+])
+def test_eval_store_usage_errors(tiny_ckpt, args, message):
+    result = cli("eval", *args, *tiny(tiny_ckpt))
+    assert result.exit_code == 2 and result.stderr.startswith("error: ") and message in result.stderr

@@ -155,15 +155,15 @@ def eval_command(
                 if option == "--output" and fmt.name != "json":
                     raise UsageError(f"--output {target}: the results file is JSON; name it .json "
                                      "(per-image rows go to --predictions)")
+        if store is not None and no_cache:
+            raise UsageError("--store and --no-cache contradict each other: --no-cache uses no store")
+        if store is not None and dataset in (DatasetName.cifar10, DatasetName.cifar100):
+            raise UsageError(f"--store is for datasets of image files; {dataset.value} is held in memory and always encoded")
         template_sets = [resolve_templates(t) for t in (templates or [DEFAULT_TEMPLATES[dataset.value]])]
         data = load_dataset(dataset.value, where, classnames=classnames, download=download, include_hidden=hidden)
         if labels:
             data = data.with_classnames(resolve_labels(labels), f"--labels {labels}")
         data = data.limit(limit)
-        if store is not None and no_cache:
-            raise UsageError("--store and --no-cache contradict each other: --no-cache uses no store")
-        if store is not None and dataset in (DatasetName.cifar10, DatasetName.cifar100):
-            raise UsageError(f"--store is for datasets of image files; {dataset.value} is held in memory and always encoded")
 
         weights = resolve_weights(model, pretrained)
         files = dataset not in (DatasetName.cifar10, DatasetName.cifar100)
