@@ -105,12 +105,88 @@ def cold(folder: Path, key, repeats: int) -> dict:
     return json.loads(out.stdout)
 
 
+# Runs in a fresh process: the phases of a search, timed one by one; prints JSON.
+_SEARCH_PHASES = """
+import json, sys, time
+t0 = time.perf_counter()
+import torch
+from zeroshot.models import load_model
+from zeroshot.store.db import Store
+from zeroshot.tasks.search import search
+t_import = time.perf_counter() - t0
+t0 = time.perf_counter()
+loaded = load_model("ViT-B-32", sys.argv[2], device="cpu", precision="fp32")
+t_model = time.perf_counter() - t0
+store = Store.open(sys.argv[1], create=False)
+t0 = time.perf_counter()
+first = search(loaded, "a dog on a beach", store=store, top=20)
+t_first = time.perf_counter() - t0
+warm = []
+for text in ("a cat", "a red car", "mountains at sunset", "a birthday cake", "people on a beach"):
+    t0 = time.perf_counter()
+    search(loaded, text, store=store, top=20)
+    warm.append(time.perf_counter() - t0)
+print(json.dumps({"import_s": t_import, "model_s": t_model, "first_search_s": t_first,
+                  "warm_search_s": sorted(warm)[len(warm) // 2], "hits": len(first.hits)}))
+"""
+
+
+def cold_search(work: Path, n: int, dim: int, repeats: int) -> dict:
+    """``zeroshot search`` in a fresh process on a store of ``n`` random vectors under the key of
+    a (random-weight, local checkpoint) ViT-B-32, its files present as empty files: wall time
+    of the command (median of ``repeats``), and the phases of the same work in a script."""
+    import statistics
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench import ensure_checkpoint
+
+    from zeroshot.models import load_model
+    from zeroshot.store import FileRecord, Store, embedding_key
+
+    ckpt = ensure_checkpoint(REPO / ".bench" / "vit-b-32.pt")
+    key = embedding_key(load_model("ViT-B-32", str(ckpt), device="cpu", precision="fp32"), fast_decode=True)
+    folder, files = work / "search-store", work / "files"
+    rng = np.random.default_rng(1)
+    with Store.open(folder) as store:
+        for start in range(0, n, 4096):
+            count = min(4096, n - start)
+            vectors = rng.standard_normal((count, dim), dtype=np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            records = []
+            for i in range(start, start + count):
+                path = files / f"{i // 1000:04d}" / f"IMG_{i:07d}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch()
+                records.append(FileRecord(str(path), 0, 0, i.to_bytes(32, "big"), vectors[i - start]))
+            store.add(key, records)
+        store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    command = [sys.executable, "-m", "zeroshot", "search", "a dog on a beach", "--store", str(folder),
+               "-m", "ViT-B-32", "-p", str(ckpt), "-d", "cpu", "-f", "csv", "--top", "20", "-q"]
+    walls = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+        walls.append(time.perf_counter() - t0)
+        assert len(out.stdout.splitlines()) == 21, out.stdout[:500]
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch, open_clip"], env=env, check=True)
+    import_torch = time.perf_counter() - t0
+    phases = json.loads(subprocess.run([sys.executable, "-c", _SEARCH_PHASES, str(folder), str(ckpt)],
+                                       capture_output=True, text=True, env=env, check=True).stdout)
+    return {"n": n, "cli_wall_s": statistics.median(walls), "cli_walls": walls,
+            "python_import_torch_open_clip_s": import_torch, **phases}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100000,1000000", help="comma-separated numbers of vectors")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=20, help="warm queries per size (the median is reported)")
     parser.add_argument("--dir", default=None, help="where to build the stores (default: a temporary folder)")
+    parser.add_argument("--cold-search", type=int, default=100_000, metavar="N",
+                        help="also time 'zeroshot search' in a fresh process on a store of N vectors with a "
+                             "ViT-B-32 key (0: skip)")
     args = parser.parse_args()
     sizes = [int(s.replace("_", "")) for s in args.sizes.split(",")]
     work = Path(args.dir or tempfile.mkdtemp(prefix="zeroshot-store-bench-"))
@@ -134,6 +210,7 @@ def main() -> None:
             measured = {"n": n, "how": "measured", "insert_s": insert_s, "db_bytes": db_bytes, **run}
             results.append(measured)
             shutil.rmtree(folder, ignore_errors=True)
+        searched = cold_search(work, args.cold_search, 512, 3) if args.cold_search else None
     finally:
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -153,6 +230,14 @@ def main() -> None:
               f"{r['how']}")
     print("warm query: fp32 matrix @ query + topk(10), median of", args.repeats, "; insert: Store.add, 256 per "
           "transaction; cold: fresh process, file in the page cache")
+    if searched:
+        print(f"cold 'zeroshot search \"a dog on a beach\" --store DIR' on {searched['n']:,} vectors (ViT-B-32 from a "
+              f"local file, 512-d): {searched['cli_wall_s']:.2f}s wall, median of 3 fresh processes "
+              f"({', '.join(f'{w:.2f}' for w in searched['cli_walls'])}); 'python -c \"import torch, open_clip\"' "
+              f"alone {searched['python_import_torch_open_clip_s']:.2f}s")
+        print(f"  phases in a fresh process: imports {searched['import_s']:.2f}s, model load "
+              f"{searched['model_s']:.2f}s, first search (store load + text + query) {searched['first_search_s']:.2f}s; "
+              f"then a warm search (text encode + query + top 20) {searched['warm_search_s'] * 1e3:.0f}ms")
     print("command: python benchmarks/store.py " + " ".join(sys.argv[1:]))
 
 

@@ -43,7 +43,9 @@ COLOURS = [(220, 30, 30), (30, 200, 40), (40, 60, 220), (240, 240, 20), (120, 30
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
+    """Every test has its own class-weight cache, embedding store and Hugging Face home."""
     monkeypatch.setenv("ZEROSHOT_CACHE_DIR", str(tmp_path / "zs-cache"))
+    monkeypatch.setenv("ZEROSHOT_STORE_DIR", str(tmp_path / "zs-store"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
 
 

@@ -98,8 +98,10 @@ def test_23_kill_midway_then_resume_equals_uninterrupted_run(tiny_ckpt, labels_f
     base = [str(folder), "-L", str(labels_file), "-m", "zs-tiny", "-p", str(tiny_ckpt), "-t", "photo",
             "-b", "4", "-j", "0", "--format", "csv"]
     reference = tmp_path / "reference.csv"
-    subprocess.run([sys.executable, "-m", "zeroshot", "classify", *base, "-o", str(reference)],
-                   capture_output=True, check=False, timeout=120)
+    # The reference's vectors go to a store of its own: the killed run must decode (and be held
+    # at img30), not read them from the default store.
+    subprocess.run([sys.executable, "-m", "zeroshot", "classify", *base, "-o", str(reference),
+                    "--store", str(tmp_path / "reference-store")], capture_output=True, check=False, timeout=120)
     assert reference.exists() and not journal_path(reference).exists()
 
     out = tmp_path / "out.csv"

@@ -115,9 +115,11 @@ def assert_clean(stderr: str) -> None:
 
 @pytest.fixture()
 def reference(tmp_path, folder, labels_file, tiny_ckpt) -> Path:
-    """An uninterrupted run's output."""
+    """An uninterrupted run's output. Its vectors go to a store of its own: the run under test
+    must decode (and be held) rather than read them from the default store."""
     ref = tmp_path / "reference.csv"
-    done = zeroshot("classify", *base_args(folder, labels_file, tiny_ckpt), "-o", str(ref))
+    done = zeroshot("classify", *base_args(folder, labels_file, tiny_ckpt), "-o", str(ref),
+                    "--store", str(tmp_path / "reference-store"))
     assert done.returncode == 0, done.stderr
     return ref
 

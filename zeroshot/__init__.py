@@ -60,17 +60,20 @@ _EXPORTS = {
     "folder_name": "tasks.sort",
     "SortPlan": "tasks.sort",
     "SortResult": "tasks.sort",
+    "Store": "store.db",
+    "search": "tasks.search",
+    "Query": "tasks.search",
 }
 
 __all__ = [
     "__version__", "ClassWeightCache", "EmbedSettings", "Embedded", "EvalDataset", "EvalResult",
     "FORMATS", "ImageError", "LoadedModel", "Metrics", "ModelLoadError", "OutputError",
-    "Prediction", "RankSettings", "RunStats", "TemplateSet", "UsageError", "ZeroShotClassifier",
-    "ZeroshotError", "build_class_weights", "classify_to_file", "compute_metrics", "discover",
-    "embed_images", "encode_prompts", "evaluate", "list_pretrained_models", "load_dataset",
-    "load_model", "open_image", "resolve_labels", "resolve_templates", "resolve_weights",
-    "to_dataframe", "write_predictions",
-    "plan_sort", "execute_sort", "sort_images", "undo_sort", "folder_name", "SortPlan", "SortResult",
+    "Prediction", "Query", "RankSettings", "RunStats", "SortPlan", "SortResult", "Store",
+    "TemplateSet", "UsageError", "ZeroShotClassifier", "ZeroshotError", "build_class_weights",
+    "classify_to_file", "compute_metrics", "discover", "embed_images", "encode_prompts", "evaluate",
+    "execute_sort", "folder_name", "list_pretrained_models", "load_dataset", "load_model",
+    "open_image", "plan_sort", "resolve_labels", "resolve_templates", "resolve_weights", "search",
+    "sort_images", "to_dataframe", "undo_sort", "write_predictions",
 ]
 
 
@@ -100,6 +103,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .output.rows import Prediction, to_dataframe
     from .output.writers import FORMATS, write_predictions
     from .prompts import TemplateSet, resolve_labels, resolve_templates
+    from .store.db import Store
     from .tasks.classify import RankSettings, RunStats, ZeroShotClassifier, classify_to_file
     from .tasks.evaluate import EvalResult, evaluate
+    from .tasks.search import Query, search
     from .tasks.sort import SortPlan, SortResult, execute_sort, folder_name, plan_sort, sort_images, undo_sort

@@ -33,6 +33,7 @@ from .options import (
     WorkersOpt,
     fast_decode_option,
 )
+from .store import StoreOpt, command_store
 
 
 def classify(
@@ -71,9 +72,11 @@ def classify(
         help="Skip images with more pixels than this (decompression-bomb guard), checked before decoding.")] = DEFAULT_MAX_PIXELS,
     fast_decode: Annotated[bool, fast_decode_option(True)] = True,
     no_cache: NoCacheOpt = False,
+    store: StoreOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Classify images: print the most likely label(s) and probabilities for every image."""
+    """Classify images: print the most likely label(s) and probabilities for every image.
+    Images already in the embedding store are not encoded again (see 'zeroshot index')."""
     from ..data.discover import discover
     from ..encode.embed import EmbedSettings
     from ..models import load_model, resolve_weights
@@ -84,6 +87,7 @@ def classify(
 
     started = time.perf_counter()
     stats = None
+    embeddings = None
     hint = f"; finished rows are kept: rerun with --resume to continue {printable(str(output))}" if output else ""
     with cli_errors(quiet, interrupted="interrupted" + hint):
         if resume and output is None:
@@ -111,7 +115,10 @@ def classify(
             journal = ResumableOutput.open(output, fp, resume)
             _report_journal(journal, len(found), quiet)
 
+        if store is not None and no_cache:
+            raise UsageError("--store and --no-cache contradict each other: --no-cache uses no store")
         try:
+            embeddings = command_store(store, no_cache, quiet)
             with status(f"loading {model} ({pretrained or 'random init'})", quiet):
                 loaded = load_model(weights, device=device, precision=precision.value)
             model_seconds = time.perf_counter() - started
@@ -125,7 +132,7 @@ def classify(
                     progress.update(text_task, done, total)
 
                 clf = ZeroShotClassifier(label_set, template_set, model=loaded, cache=not no_cache,
-                                         text_progress=text_progress,
+                                         text_progress=text_progress, store=embeddings,
                                          allow_duplicate_labels=True)  # already validated by resolve_labels
             text_seconds = time.perf_counter() - started - model_seconds
             if output is None:
@@ -153,10 +160,15 @@ def classify(
                 else:
                     journal.finish()
             raise
+        finally:
+            if embeddings is not None:
+                embeddings.close()
         total_seconds = time.perf_counter() - started
         summary = (f"classified {stats.classified} of {stats.total} images in {total_seconds:.1f}s "
                    f"(model {model_seconds:.1f}s, prompts {text_seconds:.1f}s, images {stats.seconds:.1f}s"
                    f"{', ' + rate_text(stats.classified, stats.seconds) if stats.seconds else ''})")
+        if stats.store_used:
+            summary += f"; encoded {stats.encoded}, {stats.from_store} from the store"
         if stats.kept:
             summary += f"; {stats.kept} rows kept from the interrupted run"
         if stats.error_rows:

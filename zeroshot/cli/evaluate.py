@@ -36,6 +36,7 @@ from .options import (
     WorkersOpt,
     fast_decode_option,
 )
+from .store import StoreOpt, command_store
 
 EvalTemplatesOpt = Annotated[Optional[list[str]], typer.Option("--templates", "-t", rich_help_panel=PROMPT_PANEL,
     help="Template set to score (repeatable: every set is scored against the same image embeddings). Built-in set "
@@ -125,10 +126,12 @@ def eval_command(
         help="Per-class accuracy (fraction), worst first; the format from the extension.")] = None,
     raw_csv: RawCsvOpt = False,
     no_cache: NoCacheOpt = False,
+    store: StoreOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Zero-shot accuracy (top-1, top-5, mean per-class recall) of a model on a labelled dataset,
-    for one or several template sets in one pass over the images."""
+    for one or several template sets in one pass over the images. Images of folder, csv and
+    imagenet datasets already in the embedding store are not encoded again."""
     from ..data.datasets import DEFAULT_TEMPLATES, load_dataset
     from ..encode.embed import EmbedSettings
     from ..models import load_model, resolve_weights
@@ -138,6 +141,7 @@ def eval_command(
 
     started = time.perf_counter()
     result = None
+    embeddings = None
     with cli_errors(quiet):
         where = _location(dataset, path, root)
         if classnames is not None and dataset not in (DatasetName.folder, DatasetName.csv):
@@ -151,6 +155,10 @@ def eval_command(
                 if option == "--output" and fmt.name != "json":
                     raise UsageError(f"--output {target}: the results file is JSON; name it .json "
                                      "(per-image rows go to --predictions)")
+        if store is not None and no_cache:
+            raise UsageError("--store and --no-cache contradict each other: --no-cache uses no store")
+        if store is not None and dataset in (DatasetName.cifar10, DatasetName.cifar100):
+            raise UsageError(f"--store is for datasets of image files; {dataset.value} is held in memory and always encoded")
         template_sets = [resolve_templates(t) for t in (templates or [DEFAULT_TEMPLATES[dataset.value]])]
         data = load_dataset(dataset.value, where, classnames=classnames, download=download, include_hidden=hidden)
         if labels:
@@ -158,6 +166,9 @@ def eval_command(
         data = data.limit(limit)
 
         weights = resolve_weights(model, pretrained)
+        files = dataset not in (DatasetName.cifar10, DatasetName.cifar100)
+        if files:
+            embeddings = command_store(store, no_cache, quiet)
         with status(f"loading {model} ({pretrained or 'random init'})", quiet):
             loaded = load_model(weights, device=device, precision=precision.value)
         say(f"evaluating {len(data)} images, {len(data.classnames)} classes, "
@@ -184,8 +195,13 @@ def eval_command(
                 progress.print(f"skipping {printable(image)}: {printable(reason)}")
 
             settings = EmbedSettings(batch_size, workers, max_pixels, fast_decode)
-            result = evaluate(loaded, data, template_sets, settings, cache=not no_cache,
-                              on_text_progress=text_progress, on_image_progress=image_progress, on_skip=skip)
+            try:
+                result = evaluate(loaded, data, template_sets, settings, cache=not no_cache,
+                                  on_text_progress=text_progress, on_image_progress=image_progress, on_skip=skip,
+                                  store=embeddings)
+            finally:
+                if embeddings is not None:
+                    embeddings.close()
 
         _print_table(result)
         written = []
@@ -203,6 +219,8 @@ def eval_command(
         summary = (f"evaluated {result.num_images} images ({len(result.classnames)} classes) in "
                    f"{time.perf_counter() - started:.1f}s (images {result.image_seconds:.1f}s, "
                    f"{rate_text(encoded, result.image_seconds) or '-'})")
+        if embeddings is not None:
+            summary += f"; encoded {result.images_encoded}, {result.images_from_store} from the store"
         if result.skipped:
             summary += f"; skipped {len(result.skipped)} unreadable image(s), counted as wrong"
         if written:

@@ -36,7 +36,8 @@ WorkersOpt = Annotated[Optional[int], typer.Option("--workers", "-j", min=0, ric
 TemplatesOpt = Annotated[str, typer.Option("--templates", "-t", rich_help_panel=PROMPT_PANEL,
     help="Built-in set (80/openai-80, 7/openai-7, 1/photo, none, cifar), a file of templates, or one template with {}.")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", rich_help_panel=PROMPT_PANEL,
-    help="Do not read or write the on-disk class-weight cache.")]
+    help="Do not read or write the on-disk caches: the class-weight cache and the embedding store "
+         "(every image is encoded, at full precision).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, warnings or summary on stderr (errors still print).")]
 HiddenOpt = Annotated[bool, typer.Option("--hidden", rich_help_panel=INPUT_PANEL,
     help="Include dot-files and dot-folders (skipped by default, e.g. macOS ._x.jpg).")]

@@ -128,3 +128,20 @@ def export(
             chosen = st.find_key(key).key if key else None
             rows = st.export_parquet(output, chosen)
         say(f"exported {rows} vectors to {printable(str(output))}", quiet)
+
+
+def command_store(store: Path | None, no_cache: bool, quiet: bool = False):
+    """The embedding store ``classify``, ``eval`` and ``search`` read and add to: none with
+    ``--no-cache``; ``--store DIR`` (a problem opening it is an error); else the default store,
+    whose problems only cost a warning (the command runs without it)."""
+    from ..store.db import Store, StoreError
+
+    if no_cache:
+        return None
+    if store is not None:
+        return Store.open(store)
+    try:
+        return Store.open()
+    except StoreError as err:
+        say(f"warning: {printable(str(err))}; continuing without the embedding store", quiet)
+        return None

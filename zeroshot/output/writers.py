@@ -127,7 +127,8 @@ class Writer:
 
     @property
     def format_name(self) -> str:
-        return next((f.name for f in FORMATS.values() if f.writer is type(self)), type(self).__name__)
+        known = [*FORMATS.values(), *PATH_FORMATS.values()]
+        return next((f.name for f in known if f.writer is type(self)), type(self).__name__)
 
     def begin(self) -> None: ...
 
@@ -318,6 +319,38 @@ FORMATS: dict[str, Format] = {
 
 
 FORMAT_NAMES = tuple(FORMATS)
+
+
+class PathsWriter(Writer):
+    """Only the ``path`` column, one per line, no header: for pipes (``| xargs -d '\\n' ...``).
+    A path holding a newline cannot be written (:meth:`check`): use ``paths0``."""
+
+    separator = "\n"
+
+    def check(self, record: Record, row: int | None) -> None:
+        path = self._path(record)
+        if self.separator == "\n" and ("\n" in path or "\r" in path):
+            raise OutputError(f"row {row}: the path '{shown(path)}' holds a line break, which --format paths cannot "
+                              "write; use --format paths0 (NUL-separated, for xargs -0)")
+        super().check(record, row)
+
+    def _path(self, record: Record) -> str:
+        return record.flat()[self.columns.index("path")]
+
+    def write(self, record: Record) -> None:
+        self.stream.write(self._path(record) + self.separator)
+
+
+class Paths0Writer(PathsWriter):
+    """Only the ``path`` column, each followed by a NUL byte (``| xargs -0 ...``): any name."""
+
+    separator = "\0"
+
+
+# Formats for commands that output a list of files (search): not in FORMATS, which classify,
+# eval and the file-name extensions use.
+PATH_FORMATS: dict[str, Format] = {f.name: f for f in (Format("paths", (), PathsWriter),
+                                                       Format("paths0", (), Paths0Writer))}
 
 
 def format_for_path(path: Path, option: str = "--output") -> Format:

@@ -345,6 +345,12 @@ class Store:
             return self.conn.execute("SELECT count(*) FROM files f JOIN keys k ON k.id = f.key_id "
                                      "WHERE k.digest = ?", (key.digest,)).fetchone()[0]
 
+    def dtype_of(self, key: EmbeddingKey) -> str:
+        """How vectors of ``key`` are stored ("float16" or "float32"): the key's own type when
+        the store has it, else the type new keys get (``Store.open(dtype=...)``)."""
+        keyrow = self._key_row(key)
+        return self.dtype if keyrow is None else keyrow[2]
+
     def vectors(self, key: EmbeddingKey, paths: Sequence[str | os.PathLike],
                 by_content: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """``(found, matrix)`` for ``paths`` in order: ``found[i]`` is True when the store holds a
@@ -392,6 +398,23 @@ class Store:
                             matrix[i] = self._decode([row[0]], dim, dtype)[0]
                             found[i] = True
         return torch.from_numpy(found), torch.from_numpy(matrix)
+
+    def vectors_by_hash(self, key: EmbeddingKey, digests: Sequence[bytes]) -> dict[bytes, torch.Tensor]:
+        """The vector of an entry of ``key`` with each content hash (:func:`~.files.content_hash`)
+        the store holds, float32: what a renamed or copied file can reuse."""
+        import torch
+
+        keyrow = self._key_row(key)
+        if keyrow is None or not digests:
+            return {}
+        key_id, dim, dtype = keyrow
+        out: dict[bytes, torch.Tensor] = {}
+        with self._errors("read"):
+            for digest, blob in self._select_in("SELECT hash, vector FROM files WHERE key_id = ? AND hash IN ({})",
+                                                (key_id,), sorted(set(digests))):
+                if digest not in out:
+                    out[digest] = torch.from_numpy(self._decode([blob], dim, dtype)[0])
+        return out
 
     def matrix(self, key: EmbeddingKey) -> tuple[list[str], torch.Tensor]:
         """Every entry of ``key``: ``(paths, float32 [N, dim])``, paths absolute and in a fixed
