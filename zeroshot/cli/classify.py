@@ -15,12 +15,12 @@ from ..errors import UsageError
 from ..models import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .console import EXIT_PARTIAL, Progress, cli_errors, printable, rate_text, say, status
 from .options import (
-    INPUT_PANEL,
     OUTPUT_PANEL,
     PROMPT_PANEL,
     BatchOpt,
     DeviceOpt,
     HiddenOpt,
+    MaxPixelsOpt,
     ModelOpt,
     NoCacheOpt,
     OutputFormat,
@@ -29,6 +29,7 @@ from .options import (
     PretrainedOpt,
     QuietOpt,
     RawCsvOpt,
+    RecursiveOpt,
     TemplatesOpt,
     WorkersOpt,
     fast_decode_option,
@@ -65,11 +66,9 @@ def classify(
         help="Continue an interrupted run writing the same --output: rows already done are kept, the rest "
              "classified. Refused when model, weights, labels or templates changed.")] = False,
     raw_csv: RawCsvOpt = False,
-    recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", rich_help_panel=INPUT_PANEL,
-        help="Descend into sub-folders of folder inputs.")] = True,
+    recursive: RecursiveOpt = True,
     hidden: HiddenOpt = False,
-    max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, rich_help_panel=INPUT_PANEL,
-        help="Skip images with more pixels than this (decompression-bomb guard), checked before decoding.")] = DEFAULT_MAX_PIXELS,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     fast_decode: Annotated[bool, fast_decode_option(True)] = True,
     no_cache: NoCacheOpt = False,
     store: StoreOpt = None,

@@ -50,3 +50,7 @@ def fast_decode_option(default: bool) -> object:
     return typer.Option("--fast-decode/--exact-decode", rich_help_panel=INPUT_PANEL,
         help="fast: decode large JPEGs at reduced scale (DCT scaling, down to 2x the model input; faster, not "
              "bit-exact). exact: full-size decode, bit-exact with the model's own preprocessing.")
+RecursiveOpt = Annotated[bool, typer.Option("--recursive/--no-recursive", rich_help_panel=INPUT_PANEL,
+    help="Descend into sub-folders of folder inputs.")]
+MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", min=1, rich_help_panel=INPUT_PANEL,
+    help="Skip images with more pixels than this (decompression-bomb guard), checked before decoding.")]

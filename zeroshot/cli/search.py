@@ -18,11 +18,11 @@ from ..models import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from ..output.writers import FORMAT_NAMES
 from .console import EXIT_PARTIAL, Progress, cli_errors, printable, rate_text, say, status
 from .options import (
-    INPUT_PANEL,
     OUTPUT_PANEL,
     BatchOpt,
     DeviceOpt,
     HiddenOpt,
+    MaxPixelsOpt,
     ModelOpt,
     NoCacheOpt,
     Precision,
@@ -30,6 +30,7 @@ from .options import (
     PretrainedOpt,
     QuietOpt,
     RawCsvOpt,
+    RecursiveOpt,
     WorkersOpt,
     fast_decode_option,
 )
@@ -75,11 +76,9 @@ def search(
     precision: PrecisionOpt = Precision.auto,
     batch_size: BatchOpt = None,
     workers: WorkersOpt = None,
-    recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", rich_help_panel=INPUT_PANEL,
-        help="Descend into sub-folders of folder inputs.")] = True,
+    recursive: RecursiveOpt = True,
     hidden: HiddenOpt = False,
-    max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, rich_help_panel=INPUT_PANEL,
-        help="Skip images with more pixels than this (decompression-bomb guard), checked before decoding.")] = DEFAULT_MAX_PIXELS,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     fast_decode: Annotated[bool, fast_decode_option(True)] = True,
     no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False,
