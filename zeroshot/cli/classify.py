@@ -122,16 +122,8 @@ def classify(
                 loaded = load_model(weights, device=device, precision=precision.value)
             model_seconds = time.perf_counter() - started
             with Progress(quiet) as progress:
-                text_task = None
-
-                def text_progress(done: int, total: int) -> None:
-                    nonlocal text_task
-                    if text_task is None:
-                        text_task = progress.add_task("encoding prompts", total=total)
-                    progress.update(text_task, done, total)
-
                 clf = ZeroShotClassifier(label_set, template_set, model=loaded, cache=not no_cache,
-                                         text_progress=text_progress, store=embeddings,
+                                         text_progress=progress.tracker("encoding prompts"), store=embeddings,
                                          allow_duplicate_labels=True)  # already validated by resolve_labels
             text_seconds = time.perf_counter() - started - model_seconds
             if output is None:
@@ -146,7 +138,7 @@ def classify(
 
                 def report(pred) -> None:
                     if pred.error is not None:
-                        progress.print(f"skipping {printable(pred.path)}: {printable(pred.error)}")
+                        progress.skipping(pred.path, pred.error)
 
                 settings = EmbedSettings(batch_size, workers, max_pixels, fast_decode)
                 stats = classify_to_file(clf, found, output, format=fmt, settings=settings, rank=rank,

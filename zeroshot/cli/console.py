@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -132,6 +132,25 @@ class Progress:
         if task.total and 0 < task.completed < task.total:
             parts.append(f"about {_duration(elapsed * (task.total - task.completed) / task.completed)} left")
         return ", ".join(parts)
+
+    def tracker(self, description: str, rate_unit: str | None = None) -> Callable[[int, int], None]:
+        """An ``(done, total)`` callback for one step: its task appears at the first update with
+        a total (an empty step shows nothing) and, with ``rate_unit``, shows the rate since then."""
+        state: dict[str, Any] = {}
+
+        def update(done: int, total: int) -> None:
+            if "task" not in state:
+                if not total:
+                    return
+                state["task"], state["started"] = self.add_task(description, total=total), time.perf_counter()
+            rate = rate_text(done, time.perf_counter() - state["started"], rate_unit) if rate_unit else ""
+            self.update(state["task"], done, total, rate)
+
+        return update
+
+    def skipping(self, path: str, reason: str) -> None:
+        """The ``skipping <path>: <code>: <detail>`` line of an input that could not be used."""
+        self.print(f"skipping {printable(path)}: {printable(reason)}")
 
     def print(self, message: str) -> None:
         """A line that must not tear the bar (e.g. ``skipping ...``)."""

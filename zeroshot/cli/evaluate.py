@@ -176,23 +176,14 @@ def eval_command(
 
         with Progress(quiet) as progress:
             text_tasks: dict[str, int] = {}
-            image_task = None
-            image_started = time.perf_counter()
 
             def text_progress(name: str, done: int, total: int) -> None:
                 if name not in text_tasks:
                     text_tasks[name] = progress.add_task(f"prompts {name}", total=total)
                 progress.update(text_tasks[name], done, total)
 
-            def image_progress(done: int, total: int) -> None:
-                nonlocal image_task, image_started
-                if image_task is None:
-                    image_task = progress.add_task("images", total=total)
-                    image_started = time.perf_counter()
-                progress.update(image_task, done, total, rate_text(done, time.perf_counter() - image_started))
-
-            def skip(image: str, reason: str) -> None:
-                progress.print(f"skipping {printable(image)}: {printable(reason)}")
+            image_progress = progress.tracker("images", rate_unit="img")
+            skip = progress.skipping
 
             settings = EmbedSettings(batch_size, workers, max_pixels, fast_decode)
             try:

@@ -82,7 +82,7 @@ def index(
                     progress.update(tasks[stage], done, total, rate)
 
                 def on_skip(path: str, reason: str) -> None:
-                    progress.print(f"skipping {printable(path)}: {printable(reason)}")
+                    progress.skipping(path, reason)
 
                 settings = EmbedSettings(batch_size, workers, max_pixels, fast_decode)
                 stats = st.index(loaded, inputs, settings, found=found, on_progress=on_progress, on_skip=on_skip)

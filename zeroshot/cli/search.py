@@ -16,7 +16,7 @@ from ..data.discover import IMAGE_EXTENSIONS
 from ..errors import UsageError
 from ..models import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from ..output.writers import FORMAT_NAMES
-from .console import EXIT_PARTIAL, Progress, cli_errors, printable, rate_text, say, status
+from .console import EXIT_PARTIAL, Progress, cli_errors, printable, say, status
 from .options import (
     OUTPUT_PANEL,
     BatchOpt,
@@ -149,25 +149,11 @@ def search(
             with status(f"loading {model} ({pretrained or 'random init'})", quiet):
                 loaded = load_model(weights_ref, device=device, precision=precision.value)
             with Progress(quiet) as progress:
-                task = None
-                encode_started = time.perf_counter()
-
-                def advance(done: int, total: int) -> None:
-                    nonlocal task, encode_started
-                    if task is None:
-                        if not total:
-                            return
-                        task = progress.add_task("reading images", total=total)
-                        encode_started = time.perf_counter()
-                    progress.update(task, done, total, rate_text(done, time.perf_counter() - encode_started))
-
-                def skip(path: str, reason: str) -> None:
-                    progress.print(f"skipping {printable(path)}: {printable(reason)}")
-
                 settings = EmbedSettings(batch_size, workers, max_pixels, fast_decode)
                 results = run_search(loaded, queries, found, store=embeddings, top=top, min_score=min_score,
                                      templates=template_set, settings=settings, cache=not no_cache,
-                                     on_progress=advance, on_skip=skip)
+                                     on_progress=progress.tracker("reading images", rate_unit="img"),
+                                     on_skip=progress.skipping)
         finally:
             if embeddings is not None:
                 embeddings.close()

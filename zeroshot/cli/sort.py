@@ -156,16 +156,8 @@ def _sort(inputs: list[str], into: Path, op: str, dry_run: bool, manifest: Path 
     with status(f"loading {model} ({pretrained or 'random init'})", quiet):
         loaded = load_model(weights, device=device, precision=precision)
     with Progress(quiet) as progress:
-        text_task = None
-
-        def text_progress(done: int, total: int) -> None:
-            nonlocal text_task
-            if text_task is None:
-                text_task = progress.add_task("encoding prompts", total=total)
-            progress.update(text_task, done, total)
-
         clf = ZeroShotClassifier(label_set, template_set, model=loaded, cache=not no_cache,
-                                 text_progress=text_progress, allow_duplicate_labels=True)
+                                 text_progress=progress.tracker("encoding prompts"), allow_duplicate_labels=True)
 
     with Progress(quiet) as progress:
         task = progress.add_task("classifying", total=len(found))
@@ -175,7 +167,7 @@ def _sort(inputs: list[str], into: Path, op: str, dry_run: bool, manifest: Path 
 
         def report(pred: Any) -> None:
             if pred.error is not None:
-                progress.print(f"skipping {printable(pred.path)}: {printable(pred.error)}")
+                progress.skipping(pred.path, pred.error)
 
         settings = EmbedSettings(batch_size, workers, max_pixels, fast_decode)
         plan = plan_sort(clf, found, into, op, min_score=min_score, unknown_label=unknown_label, settings=settings,
