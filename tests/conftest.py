@@ -167,3 +167,22 @@ def classify_cli(args, **kwargs):
     from zeroshot.cli import app
 
     return CliRunner().invoke(app, ["classify", *args], **kwargs)
+
+
+def cli_strict(*args):
+    """Run the CLI in-process (arguments as strings); exceptions propagate instead of being caught."""
+    from typer.testing import CliRunner
+
+    from zeroshot.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def tiny_cli_args(ckpt) -> list[str]:
+    """The options that point a command at the tiny random model on the CPU."""
+    return ["-m", "zs-tiny", "-p", str(ckpt), "-d", "cpu", "-j", "0", "-b", "4"]
+
+
+def colour(i: int) -> tuple[int, int, int]:
+    """A distinct, deterministic colour per index."""
+    return ((i * 37) % 256, (i * 91 + 40) % 256, (i * 53 + 80) % 256)

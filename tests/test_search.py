@@ -13,10 +13,8 @@ import open_clip
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 import zeroshot.encode.embed as embed_module
-from zeroshot.cli import app
 from zeroshot.data.discover import discover
 from zeroshot.encode.embed import EmbedSettings
 from zeroshot.errors import UsageError
@@ -25,22 +23,11 @@ from zeroshot.prompts import load_builtin
 from zeroshot.store import Store
 from zeroshot.tasks.search import Query, search
 
-from conftest import COLOURS, make_image
+from conftest import COLOURS, colour, make_image
+from conftest import cli_strict as cli
+from conftest import tiny_cli_args as tiny
 
-runner = CliRunner()
 EXACT = EmbedSettings(batch_size=3, workers=0, fast_decode=False)
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-def tiny(ckpt) -> list[str]:
-    return ["-m", "zs-tiny", "-p", str(ckpt), "-d", "cpu", "-j", "0", "-b", "4"]
-
-
-def colour(i: int) -> tuple[int, int, int]:
-    return ((i * 37) % 256, (i * 91 + 40) % 256, (i * 53 + 80) % 256)
 
 
 @pytest.fixture()

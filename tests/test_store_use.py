@@ -10,10 +10,8 @@ import os
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import zeroshot.encode.embed as embed_module
-from zeroshot.cli import app
 from zeroshot.data.discover import Source, discover
 from zeroshot.encode.embed import EmbedSettings, embed_images
 from zeroshot.errors import NOT_FOUND, ImageError
@@ -22,21 +20,9 @@ from zeroshot.store.keys import RANDOM_WEIGHTS
 from zeroshot.store.reuse import ReuseStats, StoreWarning, embed_with_store
 from zeroshot.tasks.classify import ZeroShotClassifier, classify_to_file
 
-from conftest import LABELS, make_image
-
-runner = CliRunner()
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-def tiny(ckpt) -> list[str]:
-    return ["-m", "zs-tiny", "-p", str(ckpt), "-d", "cpu", "-j", "0", "-b", "4"]
-
-
-def colour(i: int) -> tuple[int, int, int]:
-    return ((i * 37) % 256, (i * 91 + 40) % 256, (i * 53 + 80) % 256)
+from conftest import LABELS, colour, make_image
+from conftest import cli_strict as cli
+from conftest import tiny_cli_args as tiny
 
 
 @pytest.fixture()
