@@ -70,6 +70,10 @@ def search(
         help="Write here (atomically) instead of stdout.")] = None,
     raw_csv: RawCsvOpt = False,
     store: StoreOpt = None,
+    approximate: Annotated[Optional[bool], typer.Option("--approximate/--exact", show_default=False,
+        help="Searching the whole store: rank through an approximate index (pip install \"zeroshot[ann]\"; built "
+             "once, rebuilt when the store changes; scores stay exact) or exactly. Default: approximate from "
+             "ZEROSHOT_ANN_MIN_ENTRIES (1,000,000) images when usearch is installed.")] = None,
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     device: DeviceOpt = "auto",
@@ -153,7 +157,8 @@ def search(
                 results = run_search(loaded, queries, found, store=embeddings, top=top, min_score=min_score,
                                      templates=template_set, settings=settings, cache=not no_cache,
                                      on_progress=progress.tracker("reading images", rate_unit="img"),
-                                     on_skip=progress.skipping)
+                                     on_skip=progress.skipping, approximate=approximate,
+                                     on_build=progress.tracker("building the approximate index", rate_unit="vec"))
         finally:
             if embeddings is not None:
                 embeddings.close()
@@ -164,6 +169,7 @@ def search(
                 pass
         write_records(results.hits, fmt, COLUMNS, output, safe_csv=not raw_csv)
         where = " of the store" if found is None else ""
+        where += " (approximate index)" if results.approximate else ""
         summary = (f"search: ranked {results.searched} images{where}, showing {len(results.hits)}, in "
                    f"{time.perf_counter() - started:.1f}s")
         if embeddings is not None and found is not None:
