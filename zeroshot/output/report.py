@@ -371,9 +371,10 @@ function apply(){
   sec.hidden=(only!=='*'&&sec.dataset.label!==only)||(shown===0&&items.length>0);
   sec.querySelector('.vis').textContent=shown;if(!sec.hidden)total+=shown;});
  count.textContent=total;}
+var hash=location.hash.match(/^#q=(.*)$/);if(hash)filter.value=decodeURIComponent(hash[1]);
 [filter,min].forEach(function(el){el.addEventListener('input',apply);});
 [sort,group].forEach(function(el){el.addEventListener('change',apply);});
-document.querySelectorAll('table.sortable th').forEach(function(th,_){th.addEventListener('click',function(){
+document.querySelectorAll('table.sortable th').forEach(function(th){th.addEventListener('click',function(){
  var table=th.closest('table'),body=table.tBodies[0],col=th.cellIndex,up=th.dataset.dir!=='asc';
  table.querySelectorAll('th').forEach(function(h){delete h.dataset.dir;});th.dataset.dir=up?'asc':'desc';
  Array.prototype.slice.call(body.rows).sort(function(a,b){
