@@ -72,9 +72,10 @@ def screenshot(html: Path, png: Path, width: int = 1280, height: int = 900) -> P
     return png
 
 
-def dump_dom(html: Path) -> str:
-    """The page's DOM as HTML, serialised after its scripts ran."""
-    return _run_chromium(["--dump-dom", Path(html).resolve().as_uri()]).stdout.decode("utf-8")
+def dump_dom(html: Path, fragment: str = "") -> str:
+    """The page's DOM as HTML, serialised after its scripts ran (``fragment``: the URL's ``#...``)."""
+    url = Path(html).resolve().as_uri() + (f"#{fragment}" if fragment else "")
+    return _run_chromium(["--dump-dom", url]).stdout.decode("utf-8")
 
 
 # --------------------------------------------------------------------------------------- demo
