@@ -345,3 +345,34 @@ def test_eval_report(tmp_path, tiny_ckpt):
     assert all(t["data-label"] == Path(t["data-name"]).parent.name and t["img"] for t in page.tiles)
     assert page.tables["skipped"][1][0] == str(root / "red" / "zz_broken.png")
     assert page.tables["eval"][1][0] == "photo"
+
+
+def test_classify_to_file_report_holds_the_rows_kept_by_resume(clf, tmp_path):
+    from zeroshot.encode.embed import EmbedSettings
+    from zeroshot.tasks.classify import classify_to_file
+
+    from conftest import colour
+
+    folder = tmp_path / "many"
+    for i in range(8):
+        make_image(folder / f"img{i}.png", colour(i), fmt="PNG")
+    out, report = tmp_path / "out.csv", tmp_path / "r.html"
+    settings = EmbedSettings(batch_size=2, workers=0)
+    calls = []
+
+    def stop_after_two_batches(done, total):
+        calls.append(done)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        classify_to_file(clf, [str(folder)], out, settings=settings, on_progress=stop_after_two_batches,
+                         report=report)
+    assert not report.exists()
+    stats = classify_to_file(clf, [str(folder)], out, settings=settings, resume=True, report=report)
+    assert stats.kept == 4 and stats.classified == 4
+    with open(out, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    tiles = Page(report.read_text(encoding="utf-8")).tiles
+    assert sorted((t["data-name"], t["data-label"]) for t in tiles) == sorted((r["path"], r["label"]) for r in rows)
+    assert len(tiles) == 8

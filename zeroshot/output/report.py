@@ -9,7 +9,7 @@ One HTML file with everything inline: the CSS, a few lines of vanilla JavaScript
 name or label, minimum score, one label, sort by score or name; sortable tables) and every
 thumbnail as a base64 JPEG ``data:`` URI made from the original file with Pillow (a file that
 cannot be decoded gets a "no preview" box, never an error). Nothing is fetched from the
-network. Every string that comes from the user (file names, labels, queries) is HTML-escaped:
+network (``report.html#q=cat`` opens the page filtered on "cat"). Every string that comes from the user (file names, labels, queries) is HTML-escaped:
 a label ``<script>`` is shown as text and never runs. With an :class:`EvalSection` the page
 also shows the metrics, per-class accuracy (a bar chart of the worst classes and a table of
 all) and the confusion matrix of the most confused classes, as inline SVG.
@@ -27,6 +27,7 @@ import io
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,18 @@ def group_items(items: Iterable[ReportItem], ordered: bool = False) -> dict[str,
     return dict(sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])))
 
 
+def _thumbnails(items: list[ReportItem], size: int, on_progress: ProgressHook | None) -> list[tuple[str | None, str]]:
+    """Every item's thumbnail, in order, made by a few threads (Pillow decodes without the GIL)."""
+    results = []
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers, thread_name_prefix="zeroshot-thumbnail") as pool:
+        for done, result in enumerate(pool.map(lambda item: thumbnail(item, size), items), 1):
+            results.append(result)
+            if on_progress and (done % 16 == 0 or done == len(items)):
+                on_progress(done, len(items))
+    return results
+
+
 def _tile(item: ReportItem, index: int, uri: str | None, reason: str) -> str:
     picture = (f'<img src="{uri}" alt="{text(item.path)}" loading="lazy">' if uri
                else f'<div class="nothumb" title="{text(reason)}">no preview</div>')
@@ -171,20 +184,18 @@ def _tile(item: ReportItem, index: int, uri: str | None, reason: str) -> str:
 
 def _groups_html(groups: dict[str, list[ReportItem]], per_group: int, size: int, group_title: str,
                  stats: ReportStats, on_progress: ProgressHook | None) -> str:
-    todo = sum(min(per_group, len(m)) for m in groups.values())
+    pictures = iter(_thumbnails([i for m in groups.values() for i in m[:per_group]], size, on_progress))
     parts = []
     done = 0
     for label, members in groups.items():
         tiles = []
         for item in members[:per_group]:
-            uri, reason = thumbnail(item, size)
+            uri, reason = next(pictures)
             stats.thumbnails += uri is not None
             if uri is None:
                 stats.no_preview.append((item.path, reason))
             tiles.append(_tile(item, done, uri, reason))
             done += 1
-            if on_progress and (done % 16 == 0 or done == todo):
-                on_progress(done, todo)
         stats.shown += len(tiles)
         more = len(members) - len(tiles)
         rest = (f'<p class="more">{more} more not shown (the page holds at most {len(tiles)} per group); '
