@@ -376,3 +376,29 @@ def test_classify_to_file_report_holds_the_rows_kept_by_resume(clf, tmp_path):
     tiles = Page(report.read_text(encoding="utf-8")).tiles
     assert sorted((t["data-name"], t["data-label"]) for t in tiles) == sorted((r["path"], r["label"]) for r in rows)
     assert len(tiles) == 8
+
+
+def test_eval_report_of_in_memory_images_has_their_thumbnails(tiny_loaded, tmp_path):
+    import numpy as np
+
+    from zeroshot.data.datasets import EvalDataset
+    from zeroshot.encode.embed import EmbedSettings
+    from zeroshot.tasks.evaluate import evaluate
+    from zeroshot.tasks.report import write_eval_report
+
+    from conftest import colour
+
+    pixels = np.stack([np.full((32, 32, 3), colour(i), dtype=np.uint8) for i in range(12)])
+    pixels[:, ::4, ::3] = 255 - pixels[:, ::4, ::3]
+    data = EvalDataset("cifar-like", ("red", "green", "blue"), [(i, i % 3) for i in range(12)], images=pixels)
+    result = evaluate(tiny_loaded, data, ["photo"], EmbedSettings(workers=0), cache=False)
+    stats = write_eval_report(tmp_path / "e.html", result, data)
+    wrong = int(((result.results[0].predictions != result.targets) & result.encoded).sum())
+    assert 0 < wrong and stats.shown == stats.thumbnails == wrong
+    page = Page((tmp_path / "e.html").read_text(encoding="utf-8"))
+    assert sorted(t["data-name"] for t in page.tiles) == sorted(
+        p for p, t, k in zip(result.paths, result.targets.tolist(), result.results[0].predictions.tolist()) if t != k)
+    thumb = jpeg_of(page.tiles[0]["img"])
+    index = int(page.tiles[0]["data-name"].rsplit("/", 1)[1])
+    want = ImageStat.Stat(Image.fromarray(pixels[index])).mean
+    assert ImageStat.Stat(thumb.convert("RGB")).mean == pytest.approx(want, abs=8)

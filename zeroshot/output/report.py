@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from .._version import __version__
 from ..data.decode import DEFAULT_MAX_PIXELS, open_image
 from ..errors import ImageError, UsageError
@@ -131,8 +133,8 @@ def short(name: str, limit: int = 28) -> str:
 def thumbnail(item: ReportItem, size: int = THUMB_SIZE) -> tuple[str | None, str]:
     """``(data URI of a JPEG at most size x size, "")`` or ``(None, reason)``."""
     try:
-        if item.image is not None:
-            img = item.image.convert("RGB")
+        if item.image is not None:  # a PIL image, or an array of pixels (CIFAR's HxWx3 uint8)
+            img = (item.image if isinstance(item.image, Image.Image) else Image.fromarray(item.image)).convert("RGB")
         else:
             img = open_image(item.file or item.path, max_pixels=DEFAULT_MAX_PIXELS, draft_size=size)
         img.thumbnail((size, size))
