@@ -175,7 +175,7 @@ def _thumbnails(items: list[ReportItem], size: int, on_progress: ProgressHook | 
 
 
 def _tile(item: ReportItem, index: int, uri: str | None, reason: str) -> str:
-    picture = (f'<img src="{uri}" alt="{text(item.path)}" loading="lazy">' if uri
+    picture = (f'<img src="{uri}" alt="{text(item.path)}">' if uri
                else f'<div class="nothumb" title="{text(reason)}">no preview</div>')
     note = f'<span class="note">{text(item.note)}</span>' if item.note else ""
     score = "" if item.score is None else repr(float(item.score))
