@@ -141,6 +141,7 @@ def eval_command(
     from ..output.writers import format_for_path
     from ..prompts import resolve_labels, resolve_templates
     from ..tasks.evaluate import evaluate, write_per_class_file, write_predictions_file, write_results_json
+    from ..tasks.report import write_eval_report
 
     started = time.perf_counter()
     result = None
@@ -197,10 +198,6 @@ def eval_command(
             finally:
                 if embeddings is not None:
                     embeddings.close()
-            if html_report is not None:
-                from ..tasks.report import write_eval_report
-
-                write_eval_report(html_report, result, data, on_progress=progress.tracker("report"))
 
         _print_table(result)
         written = []
@@ -214,6 +211,8 @@ def eval_command(
             write_per_class_file(result, per_class, safe_csv=not raw_csv)
             written.append(str(per_class))
         if html_report is not None:
+            with Progress(quiet) as progress:
+                write_eval_report(html_report, result, data, on_progress=progress.tracker("report"))
             written.append(str(html_report))
 
         encoded = int(result.encoded.sum())

@@ -94,6 +94,7 @@ def search(
     from ..output.report import check_report_path
     from ..output.writers import PATH_FORMATS, choose_format, write_records
     from ..prompts import resolve_templates
+    from ..tasks.report import write_search_report
     from ..tasks.search import COLUMNS, Query
     from ..tasks.search import search as run_search
 
@@ -158,11 +159,6 @@ def search(
                                      templates=template_set, settings=settings, cache=not no_cache,
                                      on_progress=progress.tracker("reading images", rate_unit="img"),
                                      on_skip=progress.skipping)
-                if html_report is not None:
-                    from ..tasks.report import write_search_report
-
-                    write_search_report(html_report, results, queries, model=f"{model} ({pretrained or 'random init'})",
-                                        on_progress=progress.tracker("report"))
         finally:
             if embeddings is not None:
                 embeddings.close()
@@ -172,6 +168,10 @@ def search(
             except (AttributeError, ValueError, OSError):
                 pass
         write_records(results.hits, fmt, COLUMNS, output, safe_csv=not raw_csv)
+        if html_report is not None:
+            with Progress(quiet) as progress:
+                write_search_report(html_report, results, queries, model=f"{model} ({pretrained or 'random init'})",
+                                    on_progress=progress.tracker("report"))
         where = " of the store" if found is None else ""
         summary = (f"search: ranked {results.searched} images{where}, showing {len(results.hits)}, in "
                    f"{time.perf_counter() - started:.1f}s")
