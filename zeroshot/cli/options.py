@@ -45,8 +45,9 @@ HiddenOpt = Annotated[bool, typer.Option("--hidden", rich_help_panel=INPUT_PANEL
 RawCsvOpt = Annotated[bool, typer.Option("--raw-csv", rich_help_panel=OUTPUT_PANEL,
     help="Do not neutralise spreadsheet formulas (cells starting with = + - @ tab or CR) in CSV/TSV.")]
 ReportOpt = Annotated[Optional[Path], typer.Option("--report", metavar="FILE.html", rich_help_panel=OUTPUT_PANEL,
-    dir_okay=False, help="Also write a self-contained HTML page to look at: thumbnails grouped by label with "
-                         "scores (sortable, filterable), the skipped files and why.")]
+    dir_okay=False, help="Also write a self-contained HTML page to look at: thumbnails with their scores, grouped "
+                         "(sortable, filterable), the skipped files and why; eval adds per-class accuracy and the "
+                         "most confused classes.")]
 
 
 def fast_decode_option(default: bool) -> object:
