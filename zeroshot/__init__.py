@@ -63,6 +63,9 @@ _EXPORTS = {
     "Store": "store.db",
     "search": "tasks.search",
     "Query": "tasks.search",
+    "ReportItem": "output.report",
+    "write_report": "output.report",
+    "write_eval_report": "tasks.report",
 }
 
 __all__ = [
@@ -74,6 +77,7 @@ __all__ = [
     "execute_sort", "folder_name", "list_pretrained_models", "load_dataset", "load_model",
     "open_image", "plan_sort", "resolve_labels", "resolve_templates", "resolve_weights", "search",
     "sort_images", "to_dataframe", "undo_sort", "write_predictions",
+    "ReportItem", "write_report", "write_eval_report",
 ]
 
 
@@ -100,11 +104,13 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .errors import ImageError, ModelLoadError, OutputError, UsageError, ZeroshotError
     from .metrics import Metrics, compute_metrics
     from .models import LoadedModel, list_pretrained_models, load_model, resolve_weights
+    from .output.report import ReportItem, write_report
     from .output.rows import Prediction, to_dataframe
     from .output.writers import FORMATS, write_predictions
     from .prompts import TemplateSet, resolve_labels, resolve_templates
     from .store.db import Store
     from .tasks.classify import RankSettings, RunStats, ZeroShotClassifier, classify_to_file
     from .tasks.evaluate import EvalResult, evaluate
+    from .tasks.report import write_eval_report
     from .tasks.search import Query, search
     from .tasks.sort import SortPlan, SortResult, execute_sort, folder_name, plan_sort, sort_images, undo_sort

@@ -33,6 +33,7 @@ from .options import (
     PretrainedOpt,
     QuietOpt,
     RawCsvOpt,
+    ReportOpt,
     WorkersOpt,
     fast_decode_option,
 )
@@ -125,6 +126,7 @@ def eval_command(
     per_class: Annotated[Optional[Path], typer.Option("--per-class", rich_help_panel=OUTPUT_PANEL, dir_okay=False,
         help="Per-class accuracy (fraction), worst first; the format from the extension.")] = None,
     raw_csv: RawCsvOpt = False,
+    html_report: ReportOpt = None,
     no_cache: NoCacheOpt = False,
     store: StoreOpt = None,
     quiet: QuietOpt = False,
@@ -135,9 +137,11 @@ def eval_command(
     from ..data.datasets import DEFAULT_TEMPLATES, load_dataset
     from ..encode.embed import EmbedSettings
     from ..models import load_model, resolve_weights
+    from ..output.report import check_report_path
     from ..output.writers import format_for_path
     from ..prompts import resolve_labels, resolve_templates
     from ..tasks.evaluate import evaluate, write_per_class_file, write_predictions_file, write_results_json
+    from ..tasks.report import write_eval_report
 
     started = time.perf_counter()
     result = None
@@ -155,6 +159,7 @@ def eval_command(
                 if option == "--output" and fmt.name != "json":
                     raise UsageError(f"--output {target}: the results file is JSON; name it .json "
                                      "(per-image rows go to --predictions)")
+        check_report_path(html_report)
         if store is not None and no_cache:
             raise UsageError("--store and --no-cache contradict each other: --no-cache uses no store")
         if store is not None and dataset in (DatasetName.cifar10, DatasetName.cifar100):
@@ -205,6 +210,10 @@ def eval_command(
         if per_class is not None:
             write_per_class_file(result, per_class, safe_csv=not raw_csv)
             written.append(str(per_class))
+        if html_report is not None:
+            with Progress(quiet) as progress:
+                write_eval_report(html_report, result, data, on_progress=progress.tracker("report"))
+            written.append(str(html_report))
 
         encoded = int(result.encoded.sum())
         summary = (f"evaluated {result.num_images} images ({len(result.classnames)} classes) in "
