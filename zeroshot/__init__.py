@@ -48,7 +48,7 @@ _EXPORTS = {
     "build_class_weights": "encode.text",
     "encode_prompts": "encode.text",
     "EvalDataset": "data.datasets",
-    "load_dataset": "data.datasets",
+    "load_dataset": "data.catalog",
     "EvalResult": "tasks.evaluate",
     "evaluate": "tasks.evaluate",
     "Metrics": "metrics",
@@ -91,7 +91,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from .data.datasets import EvalDataset, load_dataset
+    from .data.catalog import load_dataset
+    from .data.datasets import EvalDataset
     from .data.decode import open_image
     from .data.discover import discover
     from .encode.cache import ClassWeightCache

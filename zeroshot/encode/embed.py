@@ -75,7 +75,7 @@ def embed_images(
         dataset: torch.utils.data.Dataset = ImageDataset([inputs[i] for i in todo], pre, settings.max_pixels,
                                                          settings.fast_decode)
     else:
-        dataset = MemoryImages(list(inputs), pre)
+        dataset = MemoryImages(list(inputs), pre, settings.max_pixels, settings.fast_decode)
     device = loaded.device
     batch_size = settings.batch_size or default_batch_size(device)
     workers = default_workers(device) if settings.workers is None else settings.workers

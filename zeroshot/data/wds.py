@@ -1,0 +1,159 @@
+"""CLIP_benchmark's WebDataset layout, read offline with the standard library's ``tarfile``.
+
+    DIR/
+        test/nshards.txt                          number of shards N
+        test/0.tar ... test/<N-1>.tar             samples: <key>.webp|png|jpg|jpeg + <key>.cls (or .txt)
+        classnames.txt                            one class name per line, in label order
+        zeroshot_classification_templates.txt     one template per line ({c} where the name goes)
+        dataset_type.txt                          "retrieval" for image-caption sets (optional)
+
+(the layout ``clip_benchmark_export_wds`` writes and CLIP_benchmark's ``build_wds_dataset``
+reads). Shards are indexed once (headers only); every image is read from its shard by byte
+range in the decode workers, so nothing is extracted and the ``webdataset`` package is not
+needed. Samples are grouped as webdataset groups them: consecutive members sharing the name up
+to the first dot of the file name; the image is the first of webp, png, jpg, jpeg present.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tarfile
+from pathlib import Path
+
+from ..errors import UsageError
+from ..prompts import TemplateSet, validate_labels, validate_templates
+from .captions import RetrievalDataset
+from .datasets import EvalDataset
+from .decode import Member
+
+IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")  # webdataset's to_tuple order in CLIP_benchmark
+_KEY = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
+LAYOUT = ("DIR/<split>/nshards.txt, DIR/<split>/0.tar ..., DIR/classnames.txt, "
+          "DIR/zeroshot_classification_templates.txt, DIR/dataset_type.txt")
+
+
+def _read_text(path: Path, what: str) -> str | None:
+    try:
+        return path.read_text("utf-8-sig")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"{what} {path}: cannot read it ({err})") from None
+
+
+def _shards(root: Path, split: str) -> list[Path]:
+    nshards_file = root / split / "nshards.txt"
+    text = _read_text(nshards_file, "WebDataset")
+    if text is None:
+        splits = sorted(p.name for p in root.iterdir() if (p / "nshards.txt").is_file()) if root.is_dir() else []
+        hint = f" (splits here: {', '.join(splits)}; choose one with --split)" if splits else ""
+        raise UsageError(f"{root}: no {split}/nshards.txt, so not a CLIP_benchmark WebDataset folder{hint}; "
+                         f"expected {LAYOUT}")
+    try:
+        count = int(text.strip())
+    except ValueError:
+        raise UsageError(f"{nshards_file}: expected the number of shards, found {text.strip()[:40]!r}") from None
+    shards = [root / split / f"{i}.tar" for i in range(count)]
+    missing = [s for s in shards if not s.is_file()]
+    if count < 1 or missing:
+        raise UsageError(f"{nshards_file} says {count} shard(s) but {missing[0] if missing else 'none'} is missing; "
+                         "download every shard")
+    return shards
+
+
+def _samples(shard: Path) -> list[dict[str, tarfile.TarInfo]]:
+    """The members of one shard grouped into samples (extension -> member), in shard order."""
+    samples: list[dict[str, tarfile.TarInfo]] = []
+    current_key = None
+    try:
+        with tarfile.open(shard, "r:") as archive:
+            for info in archive:
+                if not info.isfile():
+                    continue
+                match = _KEY.match(info.name)
+                if not match:
+                    continue
+                key, ext = match.group(1), match.group(2).lower()
+                if key != current_key:
+                    samples.append({"__key__": info})  # type: ignore[dict-item]
+                    current_key = key
+                samples[-1][ext] = info
+    except (tarfile.TarError, OSError) as err:
+        raise UsageError(f"{shard}: not a readable uncompressed tar shard ({err})") from None
+    return samples
+
+
+def _read_member(shard: Path, info: tarfile.TarInfo) -> str:
+    with open(shard, "rb") as handle:
+        handle.seek(info.offset_data)
+        return handle.read(info.size).decode("utf-8")
+
+
+def _image(shard: Path, sample: dict[str, tarfile.TarInfo]) -> Member:
+    ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+    key = _KEY.match(sample["__key__"].name).group(1)  # type: ignore[union-attr]
+    if ext is None:
+        raise UsageError(f"{shard}: sample {key!r} has no image ({', '.join(IMAGE_EXTENSIONS)})")
+    info = sample[ext]
+    return Member(str(shard), info.offset_data, info.size, f"{shard}/{info.name}")
+
+
+def _lines(path: Path) -> list[str] | None:
+    text = _read_text(path, "WebDataset")
+    return None if text is None else [line.strip() for line in text.splitlines()]  # as CLIP_benchmark reads them
+
+
+def wds_dataset(path: str | os.PathLike, split: str = "test") -> EvalDataset:
+    """A CLIP_benchmark WebDataset folder: a classification set (with its class names and, when
+    present, its templates as :attr:`EvalDataset.templates`) or, with ``dataset_type.txt`` saying
+    ``retrieval``, a :class:`RetrievalDataset` (captions from each sample's ``.txt``, one per line)."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise UsageError(f"{path}: {'no such folder' if not root.exists() else 'not a folder'}; expected {LAYOUT}")
+    kind = (_read_text(root / "dataset_type.txt", "WebDataset") or "classification").strip().lower()
+    if kind not in ("classification", "retrieval"):
+        raise UsageError(f"{root / 'dataset_type.txt'} says {kind!r}: only classification and retrieval sets are supported")
+    label_ext = "txt" if kind == "retrieval" else "cls"
+    images: list[Member] = []
+    labels: list[str] = []
+    for shard in _shards(root, split):
+        for sample in _samples(shard):
+            if label_ext not in sample:
+                key = _KEY.match(sample["__key__"].name).group(1)  # type: ignore[union-attr]
+                raise UsageError(f"{shard}: sample {key!r} has no .{label_ext} ({kind} set)")
+            images.append(_image(shard, sample))
+            labels.append(_read_member(shard, sample[label_ext]))
+    if not images:
+        raise UsageError(f"{root / split}: the shards hold no samples")
+    name = f"wds/{root.name}"
+    names = [m.name for m in images]
+    if kind == "retrieval":
+        captions = [tuple(text.splitlines()) for text in labels]  # CLIP_benchmark: str.splitlines
+        return RetrievalDataset(name, (), [(i, i) for i in range(len(images))], str(root), images=images,
+                                image_names=names, captions=captions)
+    return _classification(root, name, images, names, labels)
+
+
+def _classification(root: Path, name: str, images: list[Member], names: list[str], labels: list[str]) -> EvalDataset:
+    classes = _lines(root / "classnames.txt")
+    if classes is None:
+        raise UsageError(f"{root}: no classnames.txt (one class name per line, in label order); expected {LAYOUT}")
+    classnames = validate_labels(classes, str(root / "classnames.txt"), allow_duplicates=True)
+    targets = []
+    for member, text in zip(images, labels):
+        try:
+            target = int(text.strip())
+        except ValueError:
+            raise UsageError(f"{member.name}: label {text.strip()[:20]!r} is not a class index") from None
+        if not 0 <= target < len(classnames):
+            raise UsageError(f"{member.name}: class index {target} is out of range: classnames.txt has "
+                             f"{len(classnames)} classes")
+        targets.append(target)
+    template_lines = _lines(root / "zeroshot_classification_templates.txt")
+    templates = None
+    if template_lines is not None:
+        source = str(root / "zeroshot_classification_templates.txt")
+        templates = TemplateSet(f"{root.name} (dataset templates)", validate_templates([t for t in template_lines if t], source))
+    return EvalDataset(name, classnames, list(enumerate(targets)), str(root), images=images, image_names=names,
+                       templates=templates)
