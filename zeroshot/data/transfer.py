@@ -32,6 +32,7 @@ class Transfer:
     title: str = ""
     folder: str = ""
     source: str = ""
+    remap: tuple[int, ...] | None = None  # torchvision's label i is our class remap[i]
 
     @property
     def downloads(self) -> bool:
@@ -52,7 +53,8 @@ TRANSFER: dict[str, Transfer] = {
     "gtsrb": Transfer("GTSRB", {"split": "test"}, "GTSRB", "gtsrb", "https://benchmark.ini.rub.de/"),
     "stl10": Transfer("STL10", {"split": "test"}, "STL-10", "stl10_binary", "https://cs.stanford.edu/~acoates/stl10/"),
     "mnist": Transfer("MNIST", {"train": False}, "MNIST", "MNIST", "https://yann.lecun.com/exdb/mnist/"),
-    "fer2013": Transfer("FER2013", {"split": "test"}, "FER2013", "fer2013", "https://www.kaggle.com/c/challenges-in-representation-learning-facial-expression-recognition-challenge"),
+    "fer2013": Transfer("FER2013", {"split": "test"}, "FER2013", "fer2013", "https://www.kaggle.com/c/challenges-in-representation-learning-facial-expression-recognition-challenge",
+                        remap=(0, 1, 2, 3, 5, 6, 4)),  # Angry Disgust Fear Happy Sad Surprise Neutral -> folder order
     "renderedsst2": Transfer("RenderedSST2", {"split": "test"}, "Rendered SST2", "rendered-sst2", "https://github.com/openai/CLIP/blob/main/data/rendered-sst2.md"),
     "pcam": Transfer("PCAM", {"split": "test"}, "PatchCamelyon", "pcam", "https://github.com/basveeling/pcam"),
 }
@@ -111,7 +113,7 @@ def _file_samples(data: Any) -> list[tuple[str, int]] | None:
     return None
 
 
-def _targets(data: Any) -> list[int]:
+def _targets(data: Any) -> list[Any]:
     """The target of every item of a torchvision dataset held in memory, without reading images."""
     for attr in ("targets", "labels", "_labels"):
         values = getattr(data, attr, None)
@@ -119,7 +121,7 @@ def _targets(data: Any) -> list[int]:
             return [int(t) for t in values]
     pairs = getattr(data, "_samples", None)
     if pairs is not None:
-        return [int(t) for _, t in pairs]
+        return [None if t is None else int(t) for _, t in pairs]
     targets_file = getattr(data, "_FILES", {}).get(getattr(data, "_split", ""), {}).get("targets")
     if targets_file is not None:  # PCAM: targets in their own HDF5 file
         with data.h5py.File(data._base_folder / targets_file[0]) as handle:
@@ -137,8 +139,10 @@ def transfer_dataset(name: str, root: str | os.PathLike, download: bool = False,
         raise UsageError(f"--root {root}: not a folder")
     if download:
         base.mkdir(parents=True, exist_ok=True)
-    data = _open(name, spec, base, download)
     classnames = tuple(load_builtin("classes", name))
+    if name == "fer2013" and (base / "fer2013" / "test").is_dir():
+        return _fer2013_folders(base / "fer2013" / "test", classnames, include_hidden)
+    data = _open(name, spec, base, download)
     if name == "caltech101":
         return _caltech101(base, classnames, include_hidden)
     samples = _file_samples(data)
@@ -146,9 +150,14 @@ def transfer_dataset(name: str, root: str | os.PathLike, download: bool = False,
         dataset = EvalDataset(name, classnames, samples, str(base / spec.folder))
     else:
         targets = _targets(data)
+        if None in targets:
+            raise UsageError(f"--root {root}: the {spec.title} test set in {base / spec.folder} has no labels (Kaggle's "
+                             "test.csv); use fer2013.csv or icml_face_data.csv, or the image-folder layout fer2013/test/<emotion>/")
         items = [DatasetItem(data, i) for i in range(len(targets))]
         dataset = EvalDataset(name, classnames, list(enumerate(targets)), str(base / spec.folder), images=items,
                               image_names=[f"{name}/test/{i:05d}" for i in range(len(targets))])
+    if spec.remap is not None:
+        dataset.samples = [(sample, spec.remap[t]) for sample, t in dataset.samples]
     bad = next((t for t in dataset.targets if not 0 <= t < len(classnames)), None)
     if bad is not None:
         raise ZeroshotError(f"{base / spec.folder}: class index {bad} in the data, but {name} has {len(classnames)} classes")
@@ -165,3 +174,13 @@ def _caltech101(base: Path, classnames: tuple[str, ...], include_hidden: bool) -
     samples, errors = _collect("caltech101", [(str(folder / c), i) for i, c in enumerate(categories)], folder,
                                include_hidden)
     return EvalDataset("caltech101", classnames, samples, str(folder), errors=errors)
+
+
+def _fer2013_folders(folder: Path, classnames: tuple[str, ...], include_hidden: bool) -> EvalDataset:
+    """FER2013 as CLIP_benchmark reads it: the Kaggle image folders ``fer2013/test/<emotion>/``
+    (angry disgust fear happy neutral sad surprise), classes in sorted folder order."""
+    emotions = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    if len(emotions) != len(classnames):
+        raise UsageError(f"{folder}: {len(emotions)} emotion folders, expected {len(classnames)} ({', '.join(classnames)})")
+    samples, errors = _collect("fer2013", [(str(folder / e), i) for i, e in enumerate(emotions)], folder, include_hidden)
+    return EvalDataset("fer2013", classnames, samples, str(folder), errors=errors)
