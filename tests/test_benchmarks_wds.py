@@ -338,3 +338,19 @@ def test_cli_retrieval_refuses_classification_options(tmp_path, tiny_ckpt):
     (tmp_path / "m.csv").write_text("path,caption\na.png,red\n")
     result = run("eval", "retrieval", tmp_path / "m.csv", *tiny_cli_args(tiny_ckpt), "-t", "photo")
     assert result.exit_code == 2 and "--templates" in result.output
+
+
+def test_retrieval_reuses_the_embedding_store_and_limits(tmp_path, tiny_loaded):
+    for i in range(4):
+        make_image(tmp_path / f"p{i}.png", (60 * i, 90, 200 - 40 * i), size=(44 + i, 40))
+    (tmp_path / "m.csv").write_text("path,caption\n" + "".join(f"p{i}.png,{CAPTIONS[i]}\np{i}.png,{CAPTIONS[i + 4]}\n"
+                                                               for i in range(4)))
+    data = caption_dataset(tmp_path / "m.csv")
+    first = evaluate_retrieval(tiny_loaded, data, EmbedSettings(workers=0), store=tmp_path / "store")
+    again = evaluate_retrieval(tiny_loaded, data, EmbedSettings(workers=0), store=tmp_path / "store")
+    assert (first.images_encoded, first.images_from_store) == (4, 0)
+    assert (again.images_encoded, again.images_from_store) == (0, 4)
+    assert set(again.metrics) == set(first.metrics)
+    small = data.limit(2)
+    assert len(small) == 2 and small.texts == [CAPTIONS[0], CAPTIONS[4], CAPTIONS[1], CAPTIONS[5]]
+    assert small.text_images == [0, 0, 1, 1]

@@ -63,6 +63,9 @@ _EXPORTS = {
     "Store": "store.db",
     "search": "tasks.search",
     "Query": "tasks.search",
+    "RetrievalDataset": "data.captions",
+    "RetrievalResult": "tasks.retrieval",
+    "evaluate_retrieval": "tasks.retrieval",
 }
 
 __all__ = [
@@ -74,6 +77,7 @@ __all__ = [
     "execute_sort", "folder_name", "list_pretrained_models", "load_dataset", "load_model",
     "open_image", "plan_sort", "resolve_labels", "resolve_templates", "resolve_weights", "search",
     "sort_images", "to_dataframe", "undo_sort", "write_predictions",
+    "RetrievalDataset", "RetrievalResult", "evaluate_retrieval",
 ]
 
 
@@ -91,6 +95,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .data.captions import RetrievalDataset
     from .data.catalog import load_dataset
     from .data.datasets import EvalDataset
     from .data.decode import open_image
@@ -107,5 +112,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .store.db import Store
     from .tasks.classify import RankSettings, RunStats, ZeroShotClassifier, classify_to_file
     from .tasks.evaluate import EvalResult, evaluate
+    from .tasks.retrieval import RetrievalResult, evaluate_retrieval
     from .tasks.search import Query, search
     from .tasks.sort import SortPlan, SortResult, execute_sort, folder_name, plan_sort, sort_images, undo_sort

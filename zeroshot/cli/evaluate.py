@@ -106,7 +106,7 @@ def _check_task_options(retrieval: bool, templates, labels, predictions, per_cla
 
 
 def eval_command(
-    dataset: Annotated[DatasetName, typer.Argument(show_default=False,
+    dataset: Annotated[DatasetName, typer.Argument(show_default=False, metavar="DATASET",
         help="imagenet (ImageNet-1k val, wnid folders), imagenetv2, imagenet_sketch, imagenet-r, imagenet-a, cifar10, "
              "cifar100, the CLIP paper's transfer sets through torchvision (food101 flowers pets dtd eurosat sun397 "
              "caltech101 fgvc_aircraft cars country211 gtsrb stl10 mnist fer2013 renderedsst2 pcam), folder "
@@ -125,7 +125,7 @@ def eval_command(
              "if it is not there.")] = False,
     split: Annotated[str, typer.Option("--split", rich_help_panel=DATASET_PANEL,
         help="wds: the split folder to read (DIR/<split>/nshards.txt).")] = "test",
-    recall_k: Annotated[Optional[list[int]], typer.Option("--recall-k", min=1, rich_help_panel=DATASET_PANEL,
+    recall_k: Annotated[Optional[list[int]], typer.Option("--recall-k", min=1, metavar="K", rich_help_panel=DATASET_PANEL,
         help="retrieval (and retrieval wds sets): k of recall@k (repeatable). Default: 1, 5 and 10.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, rich_help_panel=DATASET_PANEL,
         help="Evaluate only the first N images of every class (retrieval: the first N images; quick runs).")] = None,
@@ -156,7 +156,8 @@ def eval_command(
 ) -> None:
     """Zero-shot accuracy (top-1, top-5, mean per-class recall) of a model on a labelled dataset,
     for one or several template sets in one pass over the images. Images of folder, csv and
-    imagenet datasets already in the embedding store are not encoded again."""
+    imagenet datasets already in the embedding store are not encoded again. On image-caption sets
+    (retrieval, or a wds folder of captions): image->text and text->image recall@k."""
     from ..data.captions import RetrievalDataset
     from ..data.catalog import DEFAULT_TEMPLATES, DOWNLOADABLE, IN_MEMORY, load_dataset
     from ..encode.embed import EmbedSettings
@@ -173,7 +174,8 @@ def eval_command(
         if classnames is not None and dataset not in (DatasetName.folder, DatasetName.csv):
             raise UsageError(f"--classnames is for folder and csv datasets; {dataset.value} has its own class names (use --labels to override)")
         if download and dataset.value not in DOWNLOADABLE:
-            raise UsageError(f"--download is only for {', '.join(DOWNLOADABLE)}; put the {dataset.value} data in place yourself")
+            raise UsageError("--download is only for cifar10 and cifar100 and the torchvision transfer sets (not "
+                             f"fer2013); put the {dataset.value} data in place yourself")
         if split != "test" and dataset != DatasetName.wds:
             raise UsageError(f"--split is for wds datasets; {dataset.value} is read from its test split")
         for option, target in (("--output", output), ("--predictions", predictions), ("--per-class", per_class)):
