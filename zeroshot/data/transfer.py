@@ -145,6 +145,9 @@ def transfer_dataset(name: str, root: str | os.PathLike, download: bool = False,
     data = _open(name, spec, base, download)
     if name == "caltech101":
         return _caltech101(base, classnames, include_hidden)
+    known = getattr(data, "classes", None)  # from the set's own metadata, where torchvision reads it
+    if known is not None and len(known) != len(classnames) and spec.remap is None:
+        raise ZeroshotError(f"{base / spec.folder}: {len(known)} classes in the metadata, expected {len(classnames)}")
     samples = _file_samples(data)
     if samples is not None:
         dataset = EvalDataset(name, classnames, samples, str(base / spec.folder))

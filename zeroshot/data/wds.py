@@ -20,6 +20,7 @@ import os
 import re
 import tarfile
 from pathlib import Path
+from typing import Any
 
 from ..errors import UsageError
 from ..prompts import TemplateSet, validate_labels, validate_templates
@@ -62,9 +63,10 @@ def _shards(root: Path, split: str) -> list[Path]:
     return shards
 
 
-def _samples(shard: Path) -> list[dict[str, tarfile.TarInfo]]:
-    """The members of one shard grouped into samples (extension -> member), in shard order."""
-    samples: list[dict[str, tarfile.TarInfo]] = []
+def _samples(shard: Path, text_ext: str) -> list[dict[str, Any]]:
+    """The members of one shard grouped into samples (extension -> member), in shard order; the
+    ``text_ext`` member (the label or the captions) is read right away, as text."""
+    samples: list[dict[str, Any]] = []
     current_key = None
     try:
         with tarfile.open(shard, "r:") as archive:
@@ -78,19 +80,16 @@ def _samples(shard: Path) -> list[dict[str, tarfile.TarInfo]]:
                 if key != current_key:
                     samples.append({"__key__": info})  # type: ignore[dict-item]
                     current_key = key
-                samples[-1][ext] = info
+                handle = archive.extractfile(info) if ext == text_ext else None
+                samples[-1][ext] = handle.read().decode("utf-8") if handle is not None else info
     except (tarfile.TarError, OSError) as err:
         raise UsageError(f"{shard}: not a readable uncompressed tar shard ({err})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{shard}: a .{text_ext} member is not UTF-8 text") from None
     return samples
 
 
-def _read_member(shard: Path, info: tarfile.TarInfo) -> str:
-    with open(shard, "rb") as handle:
-        handle.seek(info.offset_data)
-        return handle.read(info.size).decode("utf-8")
-
-
-def _image(shard: Path, sample: dict[str, tarfile.TarInfo]) -> Member:
+def _image(shard: Path, sample: dict[str, Any]) -> Member:
     ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
     key = _KEY.match(sample["__key__"].name).group(1)  # type: ignore[union-attr]
     if ext is None:
@@ -118,12 +117,12 @@ def wds_dataset(path: str | os.PathLike, split: str = "test") -> EvalDataset:
     images: list[Member] = []
     labels: list[str] = []
     for shard in _shards(root, split):
-        for sample in _samples(shard):
+        for sample in _samples(shard, label_ext):
             if label_ext not in sample:
                 key = _KEY.match(sample["__key__"].name).group(1)  # type: ignore[union-attr]
                 raise UsageError(f"{shard}: sample {key!r} has no .{label_ext} ({kind} set)")
             images.append(_image(shard, sample))
-            labels.append(_read_member(shard, sample[label_ext]))
+            labels.append(sample[label_ext])
     if not images:
         raise UsageError(f"{root / split}: the shards hold no samples")
     name = f"wds/{root.name}"

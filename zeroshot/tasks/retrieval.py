@@ -26,7 +26,7 @@ import torch
 from .._version import __version__
 from ..data.captions import RetrievalDataset
 from ..encode.embed import EmbedSettings
-from ..encode.text import encode_prompts
+from ..encode.text import encode_prompts, warn_truncated
 from ..errors import UsageError
 from ..metrics import RECALL_K, retrieval_metrics
 from ..models import LoadedModel
@@ -99,6 +99,7 @@ def evaluate_retrieval(
         raise UsageError(f"{dataset.name} at {dataset.root or '?'} has no image-caption pairs")
     if any(k < 1 for k in recall_k):
         raise UsageError("recall@k needs k >= 1")
+    warn_truncated(loaded, dataset.texts, ("{}",))  # captions past the context are cut, as in CLIP_benchmark
     texts = encode_prompts(loaded, dataset.texts, text_batch_size, on_text_progress)
     image_started = time.perf_counter()
     reuse = ReuseStats()
