@@ -176,11 +176,13 @@ def test_real_torchvision_food101_layout(tmp_path):
     """torchvision's own Food101 on a tiny fake copy of its layout: the attributes we read exist."""
     base = tmp_path / "food-101"
     (base / "meta").mkdir(parents=True)
-    (base / "meta" / "test.json").write_text(json.dumps({"apple_pie": ["apple_pie/1"], "waffles": ["waffles/7"]}))
-    make_image(base / "images" / "apple_pie" / "1.jpg")
-    make_image(base / "images" / "waffles" / "7.jpg")
+    keys = [name.replace(" ", "_") for name in load_builtin("classes", "food101")]  # Food-101's folder names
+    (base / "meta" / "test.json").write_text(json.dumps({key: [f"{key}/{k}"] for k, key in enumerate(keys[::-1])}))
+    (base / "images").mkdir()
     data = load_dataset("food101", tmp_path)
-    assert data.targets == [0, 1] and data.names[1].endswith("waffles/7.jpg")
+    assert len(data) == 101 and data.root == str(base)
+    for path, target in data.samples:  # each image's class name is its folder's
+        assert Path(path).parent.name.replace("_", " ") == data.classnames[target]
 
 
 def test_in_memory_torchvision_set_reads_items_in_workers(tmp_path, monkeypatch, tiny_loaded):
@@ -248,6 +250,15 @@ def test_missing_files_error_is_one_line(tmp_path, monkeypatch, name, cls, folde
     result = CliRunner().invoke(app, ["eval", name, "--root", str(tmp_path), "-q", "-m", "zs-tiny", "-p", ""])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [f"error: {message}"]
+
+
+def test_missing_reader_package_is_named(tmp_path, monkeypatch):
+    def needs_h5py(*args, **kwargs):
+        raise RuntimeError("h5py is not found. This dataset needs to have h5py installed: please pip install h5py")
+
+    monkeypatch.setattr("torchvision.datasets.PCAM", needs_h5py)
+    with pytest.raises(UsageError, match="^PatchCamelyon: h5py is not found.*pip install h5py$"):
+        load_dataset("pcam", tmp_path)
 
 
 def test_download_failure_and_option_checks(tmp_path, monkeypatch, tiny_ckpt):

@@ -89,6 +89,8 @@ def _open(name: str, spec: Transfer, root: Path, download: bool) -> Any:
             return cls(str(root), **kwargs)
     except RuntimeError as err:
         text = str(err).lower()
+        if "needs to have" in text or "pip install" in text:  # e.g. scipy for Stanford Cars, h5py for PCAM
+            raise UsageError(f"{spec.title}: {' '.join(str(err).split())}") from None
         if "not found" not in text and "download" not in text and "corrupted" not in text:
             raise
         how = ("add --download to fetch it there, or put" if spec.downloads else
