@@ -354,3 +354,31 @@ def test_retrieval_reuses_the_embedding_store_and_limits(tmp_path, tiny_loaded):
     small = data.limit(2)
     assert len(small) == 2 and small.texts == [CAPTIONS[0], CAPTIONS[4], CAPTIONS[1], CAPTIONS[5]]
     assert small.text_images == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("fmt", ["PAX_FORMAT", "GNU_FORMAT", "USTAR_FORMAT"])
+def test_header_scanner_equals_tarfile(tmp_path, fmt):
+    """The fast shard scanner lists the same files (names, data offsets, sizes) as tarfile, for
+    long names (pax records, GNU long-name headers, ustar prefixes), Unicode names and folders."""
+    import tarfile
+
+    from zeroshot.data.wds import _scan
+
+    shard = tmp_path / "0.tar"
+    names = ["s0.png", "s0.cls", "dir/" + "d" * 120 + "/s1.webp", "dir/" + "d" * 120 + "/s1.cls",
+             "ünï/s2.jpg", "ünï/s2.cls", "x" * 99 + ".png"]
+    if fmt == "USTAR_FORMAT":  # ustar: names only through the 155-byte prefix, ASCII
+        names = [n.replace("ünï", "uni") for n in names if len(n.rpartition("/")[2]) < 100]
+    with tarfile.open(shard, "w", format=getattr(tarfile, fmt)) as archive:
+        folder = tarfile.TarInfo("dir")
+        folder.type = tarfile.DIRTYPE
+        archive.addfile(folder)
+        for k, name in enumerate(names):
+            payload = bytes([k]) * (100 + 700 * k)
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            archive.addfile(info, io.BytesIO(payload))
+    with tarfile.open(shard) as archive:
+        expected = [(i.name, i.offset_data, i.size) for i in archive if i.isfile()]
+    assert [tuple(e) for e in _scan(shard)] == expected
+    assert len(expected) == len(names)

@@ -8,7 +8,8 @@
         dataset_type.txt                          "retrieval" for image-caption sets (optional)
 
 (the layout ``clip_benchmark_export_wds`` writes and CLIP_benchmark's ``build_wds_dataset``
-reads). Shards are indexed once (headers only); every image is read from its shard by byte
+reads). Shards are indexed once (headers only, by a small ustar/GNU/pax header scanner, with
+``tarfile`` as the fallback); every image is read from its shard by byte
 range in the decode workers, so nothing is extracted and the ``webdataset`` package is not
 needed. Samples are grouped as webdataset groups them: consecutive members sharing the name up
 to the first dot of the file name; the image is the first of webp, png, jpg, jpeg present.
@@ -20,7 +21,7 @@ import os
 import re
 import tarfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import UsageError
 from ..prompts import TemplateSet, validate_labels, validate_templates
@@ -63,25 +64,112 @@ def _shards(root: Path, split: str) -> list[Path]:
     return shards
 
 
+class Entry(NamedTuple):
+    """A regular file in a shard: its name, where its bytes start and how many there are."""
+
+    name: str
+    offset: int
+    size: int
+
+
+class _Unusual(Exception):
+    """A header the fast scanner does not handle: read the shard with ``tarfile`` instead."""
+
+
+_FILE_TYPES = (b"0", b"\0", b"7")
+
+
+def _octal(field: bytes) -> int:
+    if field[:1] and field[0] & 0x80:  # base-256 (huge) numbers
+        raise _Unusual
+    text = field.split(b"\0", 1)[0].strip()
+    try:
+        return int(text or b"0", 8)
+    except ValueError:
+        raise _Unusual from None
+
+
+def _pax_path(records: bytes) -> bytes | None:
+    """The ``path`` of a pax extended header (``"<len> key=value\\n"`` records)."""
+    found = None
+    while records:
+        length, _, rest = records.partition(b" ")
+        size = int(length)
+        key, _, value = rest[: size - len(length) - 2].partition(b"=")
+        if key == b"path":
+            found = value
+        records = records[size:]
+    return found
+
+
+def _scan(shard: Path) -> list[Entry]:
+    """Every regular file of an uncompressed tar, reading only the 512-byte headers (ustar, GNU
+    long names, pax paths); :class:`_Unusual` for anything else. ``tarfile`` parses headers in
+    Python at about 0.2 ms each; this is several times faster on shards of thousands of samples."""
+    entries = []
+    with open(shard, "rb") as handle:
+        end = os.fstat(handle.fileno()).st_size
+        position = 0
+        long_name: bytes | None = None
+        while position + 512 <= end:
+            handle.seek(position)
+            header = handle.read(512)
+            if header.count(0) == 512:
+                break
+            if _octal(header[148:156]) != sum(header[:148]) + 256 + sum(header[156:]):
+                raise _Unusual
+            size, kind = _octal(header[124:136]), header[156:157]
+            name = header[:100].split(b"\0", 1)[0]
+            if header[257:263] == b"ustar\0" and header[345:346] != b"\0":  # POSIX ustar name prefix
+                name = header[345:500].split(b"\0", 1)[0] + b"/" + name
+            data = position + 512
+            position = data + (size + 511) // 512 * 512
+            if kind in (b"L", b"x"):
+                handle.seek(data)
+                payload = handle.read(size)
+                long_name = payload.split(b"\0", 1)[0] if kind == b"L" else _pax_path(payload)
+                continue
+            if kind == b"g":
+                continue
+            if kind not in _FILE_TYPES and kind not in (b"1", b"2", b"3", b"4", b"5", b"6"):
+                raise _Unusual
+            if long_name is not None:
+                name, long_name = long_name, None
+            if kind in _FILE_TYPES:
+                entries.append(Entry(name.decode("utf-8", "surrogateescape"), data, size))
+    return entries
+
+
+def _entries(shard: Path) -> list[Entry]:
+    try:
+        return _scan(shard)
+    except (_Unusual, ValueError):
+        pass
+    with tarfile.open(shard, "r:") as archive:
+        return [Entry(info.name, info.offset_data, info.size) for info in archive if info.isfile()]
+
+
 def _samples(shard: Path, text_ext: str) -> list[dict[str, Any]]:
-    """The members of one shard grouped into samples (extension -> member), in shard order; the
-    ``text_ext`` member (the label or the captions) is read right away, as text."""
+    """The members of one shard grouped into samples (``__key__`` and extension -> entry), in
+    shard order; the ``text_ext`` member (the label or the captions) is read as text."""
     samples: list[dict[str, Any]] = []
     current_key = None
     try:
-        with tarfile.open(shard, "r:") as archive:
-            for info in archive:
-                if not info.isfile():
-                    continue
-                match = _KEY.match(info.name)
+        entries = _entries(shard)
+        with open(shard, "rb") as handle:
+            for entry in entries:
+                match = _KEY.match(entry.name)
                 if not match:
                     continue
                 key, ext = match.group(1), match.group(2).lower()
                 if key != current_key:
-                    samples.append({"__key__": info})  # type: ignore[dict-item]
+                    samples.append({"__key__": key})
                     current_key = key
-                handle = archive.extractfile(info) if ext == text_ext else None
-                samples[-1][ext] = handle.read().decode("utf-8") if handle is not None else info
+                if ext == text_ext:
+                    handle.seek(entry.offset)
+                    samples[-1][ext] = handle.read(entry.size).decode("utf-8")
+                else:
+                    samples[-1][ext] = entry
     except (tarfile.TarError, OSError) as err:
         raise UsageError(f"{shard}: not a readable uncompressed tar shard ({err})") from None
     except UnicodeDecodeError:
@@ -91,11 +179,10 @@ def _samples(shard: Path, text_ext: str) -> list[dict[str, Any]]:
 
 def _image(shard: Path, sample: dict[str, Any]) -> Member:
     ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
-    key = _KEY.match(sample["__key__"].name).group(1)  # type: ignore[union-attr]
     if ext is None:
-        raise UsageError(f"{shard}: sample {key!r} has no image ({', '.join(IMAGE_EXTENSIONS)})")
-    info = sample[ext]
-    return Member(str(shard), info.offset_data, info.size, f"{shard}/{info.name}")
+        raise UsageError(f"{shard}: sample {sample['__key__']!r} has no image ({', '.join(IMAGE_EXTENSIONS)})")
+    entry = sample[ext]
+    return Member(str(shard), entry.offset, entry.size, f"{shard}/{entry.name}")
 
 
 def _lines(path: Path) -> list[str] | None:
@@ -119,8 +206,7 @@ def wds_dataset(path: str | os.PathLike, split: str = "test") -> EvalDataset:
     for shard in _shards(root, split):
         for sample in _samples(shard, label_ext):
             if label_ext not in sample:
-                key = _KEY.match(sample["__key__"].name).group(1)  # type: ignore[union-attr]
-                raise UsageError(f"{shard}: sample {key!r} has no .{label_ext} ({kind} set)")
+                raise UsageError(f"{shard}: sample {sample['__key__']!r} has no .{label_ext} ({kind} set)")
             images.append(_image(shard, sample))
             labels.append(sample[label_ext])
     if not images:
