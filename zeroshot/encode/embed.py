@@ -66,7 +66,8 @@ def embed_images(
 ) -> Iterator[Embedded]:
     """Embed ``inputs`` in order: :class:`~zeroshot.data.discover.Source` items (image files;
     those carrying an ``error`` are reported as such) or images in memory (PIL images or HxWxC
-    uint8 arrays)."""
+    uint8 arrays, or items read in the decode worker by their ``load(max_pixels, draft_size)``,
+    e.g. :class:`~zeroshot.data.decode.Member` of a WebDataset shard)."""
     pre = preprocessor or Preprocessor(loaded.preprocess)
     files = all(isinstance(item, Source) for item in inputs)
     known = {i: str(item.error) for i, item in enumerate(inputs) if files and item.error is not None}
