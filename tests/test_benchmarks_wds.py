@@ -208,6 +208,8 @@ def test_wds_split_option_and_hint(tmp_path):
     with pytest.raises(UsageError, match="splits here: validation; choose one with --split"):
         wds_dataset(root)
     assert len(load_dataset("wds", root, split="validation")) == 4
+    with pytest.raises(UsageError, match="reads a local folder; download the dataset first"):
+        wds_dataset("https://huggingface.co/datasets/djghosh/wds_cars_test/tree/main")
 
 
 # ------------------------------------------------------------------------------------ retrieval

@@ -194,6 +194,9 @@ def wds_dataset(path: str | os.PathLike, split: str = "test") -> EvalDataset:
     """A CLIP_benchmark WebDataset folder: a classification set (with its class names and, when
     present, its templates as :attr:`EvalDataset.templates`) or, with ``dataset_type.txt`` saying
     ``retrieval``, a :class:`RetrievalDataset` (captions from each sample's ``.txt``, one per line)."""
+    if "://" in str(path):
+        raise UsageError(f"{path}: eval wds reads a local folder; download the dataset first, e.g. "
+                         "huggingface-cli download --repo-type dataset <owner>/<name> --local-dir DIR")
     root = Path(path).expanduser()
     if not root.is_dir():
         raise UsageError(f"{path}: {'no such folder' if not root.exists() else 'not a folder'}; expected {LAYOUT}")
