@@ -106,7 +106,7 @@ def _check_task_options(retrieval: bool, templates, labels, predictions, per_cla
 
 
 def eval_command(
-    dataset: Annotated[DatasetName, typer.Argument(show_default=False, metavar="DATASET",
+    dataset: Annotated[DatasetName, typer.Argument(show_default=False,
         help="imagenet (ImageNet-1k val, wnid folders), imagenetv2, imagenet_sketch, imagenet-r, imagenet-a, cifar10, "
              "cifar100, the CLIP paper's transfer sets through torchvision (food101 flowers pets dtd eurosat sun397 "
              "caltech101 fgvc_aircraft cars country211 gtsrb stl10 mnist fer2013 renderedsst2 pcam), folder "
