@@ -188,8 +188,8 @@ def eval_command(
         if store is not None and no_cache:
             raise UsageError("--store and --no-cache contradict each other: --no-cache uses no store")
         if store is not None and dataset.value in (*IN_MEMORY, "wds"):
-            raise UsageError(f"--store is for datasets of image files; {dataset.value} images are not files and are "
-                             "always encoded")
+            held = "images are read from their shards" if dataset == DatasetName.wds else "is held in memory"
+            raise UsageError(f"--store is for datasets of image files; {dataset.value} {held} and always encoded")
         data = load_dataset(dataset.value, where, classnames=classnames, download=download, include_hidden=hidden,
                             split=split)
         retrieval = isinstance(data, RetrievalDataset)
