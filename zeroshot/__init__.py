@@ -48,7 +48,7 @@ _EXPORTS = {
     "build_class_weights": "encode.text",
     "encode_prompts": "encode.text",
     "EvalDataset": "data.datasets",
-    "load_dataset": "data.datasets",
+    "load_dataset": "data.catalog",
     "EvalResult": "tasks.evaluate",
     "evaluate": "tasks.evaluate",
     "Metrics": "metrics",
@@ -66,6 +66,9 @@ _EXPORTS = {
     "ReportItem": "output.report",
     "write_report": "output.report",
     "write_eval_report": "tasks.report",
+    "RetrievalDataset": "data.captions",
+    "RetrievalResult": "tasks.retrieval",
+    "evaluate_retrieval": "tasks.retrieval",
 }
 
 __all__ = [
@@ -78,6 +81,7 @@ __all__ = [
     "open_image", "plan_sort", "resolve_labels", "resolve_templates", "resolve_weights", "search",
     "sort_images", "to_dataframe", "undo_sort", "write_predictions",
     "ReportItem", "write_report", "write_eval_report",
+    "RetrievalDataset", "RetrievalResult", "evaluate_retrieval",
 ]
 
 
@@ -95,7 +99,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from .data.datasets import EvalDataset, load_dataset
+    from .data.captions import RetrievalDataset
+    from .data.catalog import load_dataset
+    from .data.datasets import EvalDataset
     from .data.decode import open_image
     from .data.discover import discover
     from .encode.cache import ClassWeightCache
@@ -112,5 +118,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .tasks.classify import RankSettings, RunStats, ZeroShotClassifier, classify_to_file
     from .tasks.evaluate import EvalResult, evaluate
     from .tasks.report import write_eval_report
+    from .tasks.retrieval import RetrievalResult, evaluate_retrieval
     from .tasks.search import Query, search
     from .tasks.sort import SortPlan, SortResult, execute_sort, folder_name, plan_sort, sort_images, undo_sort

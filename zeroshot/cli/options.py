@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..data.datasets import DATASETS
+from ..data.catalog import DATASETS
 from ..output.writers import FORMAT_NAMES
 from ..precision import PRECISIONS
 
