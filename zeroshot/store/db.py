@@ -495,9 +495,11 @@ class Store:
         key_id, dim, dtype = keyrow
         found: dict[int, tuple[bytes, bytes]] = {}
         with self._errors("read"):
-            for row_id, path, blob in self._select_in("SELECT id, path, vector FROM files WHERE key_id = ? AND id IN ({})",
-                                                      (key_id,), [int(i) for i in row_ids]):
-                found[row_id] = (path, blob)
+            # by primary key alone: with "key_id = ?" SQLite would walk the key's (key_id, path) index
+            for row_id, row_key, path, blob in self._select_in("SELECT id, key_id, path, vector FROM files WHERE id IN ({})",
+                                                               (), [int(i) for i in row_ids]):
+                if row_key == key_id:
+                    found[row_id] = (path, blob)
         order = [int(i) for i in row_ids if int(i) in found]
         paths = self.paths.from_db_many([found[i][0] for i in order])
         matrix = self._decode([found[i][1] for i in order], dim, dtype) if order else None
