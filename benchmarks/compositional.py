@@ -1,0 +1,202 @@
+"""Proof that training learns: a tiny CLIP trained from random weights on coloured shapes.
+
+    PYTHONPATH=$PWD python benchmarks/compositional.py --out /tmp/shapes-model
+
+Data (``benchmarks/shapes.py``): 6 colours x 6 shapes = 36 colour-shape pairs. 24 pairs appear in
+training images; 6 "val" pairs and 6 "test" pairs never do (two Latin-square diagonals, so every
+colour and every shape is still seen with four partners). Training captions mix full captions
+("a photo of a red circle."), attribute captions ("a photo of a red object.", "a photo of a
+circle.") and two-object scenes ("a photo of a red circle and a blue square.").
+
+Loss: the CLIP loss with multi-positive targets (equal captions in a batch are all positives).
+Every epoch prints the loss and zero-shot top-1 (prompt "a photo of a {}.", all 36 pairs as
+classes, chance 1/36) on new images of the trained pairs and of the val pairs. The kept epoch is the
+best val-pairs top-1 among epochs whose trained-pairs top-1 is >= 90% (selection never sees the test
+pairs). At the end the kept model is scored once on new images: trained pairs and test pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import shapes  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "tests" / "model_configs" / "zs-shapes.json"
+TEMPLATE = "a photo of a {}."
+
+
+def create_model(arch: str, config: Path, seed: int):
+    import open_clip
+
+    open_clip.add_model_config(str(config))
+    torch.manual_seed(seed)
+    model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None)
+    return model, preprocess, open_clip.get_tokenizer(arch)
+
+
+def pixels(preprocess, images) -> torch.Tensor:
+    return torch.stack([preprocess(im) for im in images])
+
+
+def clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Symmetric CLIP loss where every text equal to an image's caption is a positive."""
+    logits = scale * img @ txt.T
+    pos = (ids[:, None] == ids[None, :]).float()
+    target = pos / pos.sum(1, keepdim=True)
+    return (-(target * logits.log_softmax(1)).sum(1).mean() - (target * logits.log_softmax(0)).sum(0).mean()) / 2
+
+
+@torch.no_grad()
+def class_weights(model, tokenizer, labels: list[str]) -> torch.Tensor:
+    return F.normalize(model.encode_text(tokenizer([TEMPLATE.format(x) for x in labels])), dim=-1)
+
+
+@torch.no_grad()
+def top1(model, weights: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
+    feats = torch.cat([F.normalize(model.encode_image(b), dim=-1) for b in x.split(512)])
+    return (feats @ weights.T).argmax(1).eq(y).float().mean().item()
+
+
+def scored_set(preprocess, seed: int, pairs, per_pair: int, index: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    scenes = shapes.labelled_scenes(seed, pairs, per_pair)
+    return pixels(preprocess, [s.image for s, _ in scenes]), torch.tensor([index[p] for _, p in scenes])
+
+
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def train(args) -> dict:
+    torch.set_num_threads(args.threads)
+    split = shapes.split_pairs()
+    pairs = shapes.all_pairs()
+    labels = [shapes.label(p) for p in pairs]
+    index = {p: i for i, p in enumerate(pairs)}
+    model, preprocess, tokenizer = create_model(args.arch, args.config, args.seed)
+
+    t0 = time.time()
+    mix = (("full", 1, args.full), ("colour", 1, args.attr), ("shape", 1, args.attr), ("full", 2, args.two))
+    data = shapes.captioned_scenes(args.seed, args.train_size, split.train, mix=mix)
+    x_train = pixels(preprocess, [s.image for s, _ in data])
+    captions = [c for _, c in data]
+    vocab = {c: i for i, c in enumerate(sorted(set(captions)))}
+    cap_ids = torch.tensor([vocab[c] for c in captions])
+    tokens = tokenizer(captions)
+    x_seen, y_seen = scored_set(preprocess, args.seed + 1, split.train, 10, index)
+    x_val, y_val = scored_set(preprocess, args.seed + 2, split.val, 30, index)
+    print(f"data: {len(data)} training images, {len(vocab)} distinct captions, "
+          f"{len(split.train)} trained / {len(split.val)} val / {len(split.test)} test pairs "
+          f"({time.time() - t0:.1f} s)", flush=True)
+
+    opt = torch.optim.AdamW([
+        {"params": [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n],
+         "weight_decay": args.wd},
+        {"params": [p for n, p in model.named_parameters() if p.ndim < 2 or "embedding" in n], "weight_decay": 0.0},
+    ], lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
+    steps_per_epoch = len(data) // args.batch_size
+    total = steps_per_epoch * args.epochs
+    gen = torch.Generator().manual_seed(args.seed)
+    best = {"val": -1.0, "epoch": 0, "state": None}
+    curve = []
+    step = 0
+    print(f"{'epoch':>5} {'loss':>7} {'trained':>8} {'val':>6} {'time':>6}", flush=True)
+    for epoch in range(1, args.epochs + 1):
+        model.train()
+        order = torch.randperm(len(data), generator=gen)
+        losses = []
+        for b in range(steps_per_epoch):
+            idx = order[b * args.batch_size:(b + 1) * args.batch_size]
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, total, args.warmup, args.lr)
+            img = F.normalize(model.encode_image(x_train[idx]), dim=-1)
+            txt = F.normalize(model.encode_text(tokens[idx]), dim=-1)
+            loss = clip_loss(img, txt, model.logit_scale.exp().clamp(max=100), cap_ids[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            losses.append(loss.item())
+            step += 1
+        model.eval()
+        weights = class_weights(model, tokenizer, labels)
+        seen, val = top1(model, weights, x_seen, y_seen), top1(model, weights, x_val, y_val)
+        row = {"epoch": epoch, "loss": sum(losses) / len(losses), "trained": seen, "val": val,
+               "time": time.time() - t0}
+        curve.append(row)
+        kept = seen >= args.min_trained and val > best["val"]
+        if kept:
+            best = {"val": val, "epoch": epoch, "state": {k: v.clone() for k, v in model.state_dict().items()}}
+        print(f"{epoch:>5} {row['loss']:>7.3f} {seen:>8.1%} {val:>6.1%} {row['time']:>5.0f}s"
+              + ("  *" if kept else ""), flush=True)
+    if best["state"] is None:
+        print(f"no epoch reached {args.min_trained:.0%} on trained pairs; keeping the last", flush=True)
+        best = {"val": curve[-1]["val"], "epoch": curve[-1]["epoch"], "state": model.state_dict()}
+    model.load_state_dict(best["state"])
+    model.eval()
+    weights = class_weights(model, tokenizer, labels)
+    x_tr, y_tr = scored_set(preprocess, args.seed + 3, split.train, 20, index)
+    x_te, y_te = scored_set(preprocess, args.seed + 4, split.test, 50, index)
+    result = {"kept_epoch": best["epoch"], "val_pairs_top1": best["val"],
+              "trained_pairs_top1": top1(model, weights, x_tr, y_tr),
+              "test_pairs_top1": top1(model, weights, x_te, y_te), "chance": 1 / len(pairs),
+              "wall_s": time.time() - t0, "curve": curve}
+    result["test_x_chance"] = result["test_pairs_top1"] / result["chance"]
+    print(f"kept epoch {result['kept_epoch']}: trained pairs (new images) {result['trained_pairs_top1']:.1%}, "
+          f"never-seen test pairs {result['test_pairs_top1']:.1%} = {result['test_x_chance']:.1f}x chance "
+          f"(1/{len(pairs)}), {result['wall_s']:.0f} s", flush=True)
+    if args.out:
+        save(model, args, result)
+    return result
+
+
+def save(model, args, result: dict) -> None:
+    from safetensors.torch import save_file
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dtype = torch.float16 if args.fp16 else torch.float32
+    save_file({k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()},
+              str(out.with_suffix(".safetensors")))
+    sidecar = {"arch": args.arch, "model_cfg": json.loads(Path(args.config).read_text()),
+               "trained": {k: v for k, v in result.items() if k != "curve"}}
+    out.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
+    print(f"wrote {out.with_suffix('.safetensors')} and {out.with_suffix('.json')}", flush=True)
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="zs-shapes")
+    p.add_argument("--config", type=Path, default=CONFIG)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-size", type=int, default=12000)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--wd", type=float, default=0.1)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--full", type=float, default=0.4, help="share of one-object full captions")
+    p.add_argument("--attr", type=float, default=0.15, help="share of colour-only and of shape-only captions")
+    p.add_argument("--two", type=float, default=0.3, help="share of two-object scenes")
+    p.add_argument("--min-trained", type=float, default=0.9)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--fp16", action="store_true", help="save float16 weights (the test fixture)")
+    p.add_argument("--out", help="write OUT.safetensors + OUT.json (the kept epoch)")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    train(parse())
