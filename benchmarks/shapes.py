@@ -36,6 +36,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "white": (240, 240, 240),
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond")
+# Attribute-caption scenes use an unnamed colour ("a photo of a circle.") or an unnamed blob shape
+# ("a photo of a red object."), so each attribute is learned apart from the other.
+ANY_COLOUR, BLOB = "any", "blob"
 BACKGROUNDS: tuple[str, ...] = ("black", "gray", "noise", "stripes")
 
 Pair = tuple[str, str]  # (colour, shape)
@@ -61,11 +64,12 @@ class PairSplit:
 
 
 def split_pairs() -> PairSplit:
-    """Hold out two Latin-square diagonals: colour i with shape i (test) and with shape i+1 (val),
-    so every colour and every shape is still seen in training with four other partners."""
+    """Hold out two Latin-square diagonals: colour i with shape i+1 (val) and with shape i+2 (test),
+    so every colour and every shape is still seen in training with four other partners (among them
+    red circle and blue square, the tests' examples)."""
     colours, n = list(COLOURS), len(SHAPES)
-    test = [(colours[i], SHAPES[i]) for i in range(n)]
     val = [(colours[i], SHAPES[(i + 1) % n]) for i in range(n)]
+    test = [(colours[i], SHAPES[(i + 2) % n]) for i in range(n)]
     held = set(test) | set(val)
     return PairSplit(train=[p for p in all_pairs() if p not in held], val=val, test=test)
 
@@ -89,7 +93,7 @@ class Scene:
 
     def caption(self, kind: str = "full", prefix: str = "a photo of ") -> str:
         """``full``: "a photo of a red circle and a blue square."; ``colour``: "a photo of a red
-        object"; ``shape``: "a photo of a circle" (attribute captions describe the first object)."""
+        object."; ``shape``: "a photo of a circle." (attribute captions describe the first object)."""
         first = self.objects[0]
         if kind == "colour":
             return f"{prefix}a {first.colour} object."
@@ -98,7 +102,7 @@ class Scene:
         return prefix + " and ".join(f"a {o.colour} {o.shape}" for o in self.objects) + "."
 
 
-def _polygon(shape: str, box: tuple[int, int, int, int]) -> list[tuple[float, float]] | None:
+def _polygon(shape: str, box: tuple[int, int, int, int], rng: random.Random) -> list[tuple[float, float]] | None:
     x0, y0, x1, y1 = box
     cx, cy, r = (x0 + x1 - 1) / 2, (y0 + y1 - 1) / 2, (x1 - x0 - 1) / 2
     if shape == "triangle":
@@ -108,6 +112,11 @@ def _polygon(shape: str, box: tuple[int, int, int, int]) -> list[tuple[float, fl
     if shape == "star":
         return [(cx + (r if i % 2 == 0 else r * 0.42) * math.sin(i * math.pi / 5),
                  cy - (r if i % 2 == 0 else r * 0.42) * math.cos(i * math.pi / 5)) for i in range(10)]
+    if shape == BLOB:
+        k = rng.randint(5, 8)
+        return [(cx + r * rng.uniform(0.5, 1) * math.cos(2 * math.pi * (i + rng.uniform(-0.3, 0.3)) / k),
+                 cy + r * rng.uniform(0.5, 1) * math.sin(2 * math.pi * (i + rng.uniform(-0.3, 0.3)) / k))
+                for i in range(k)]
     if shape == "cross":
         t = r / 3
         return [(cx - t, y0), (cx + t, y0), (cx + t, cy - t), (x1 - 1, cy - t), (x1 - 1, cy + t), (cx + t, cy + t),
@@ -134,9 +143,12 @@ def _background(kind: str, size: int, rng: random.Random) -> Image.Image:
 
 
 def draw_object(draw: ImageDraw.ImageDraw, obj: Obj, rng: random.Random) -> None:
-    fill = _jitter(COLOURS[obj.colour], rng)
+    if obj.colour == ANY_COLOUR:
+        fill = tuple(rng.randint(60, 255) for _ in range(3))
+    else:
+        fill = _jitter(COLOURS[obj.colour], rng)
     x0, y0, x1, y1 = obj.box
-    polygon = _polygon(obj.shape, obj.box)
+    polygon = _polygon(obj.shape, obj.box, rng)
     if obj.shape == "circle":
         draw.ellipse([x0, y0, x1 - 1, y1 - 1], fill=fill)
     elif obj.shape == "square":
@@ -197,7 +209,13 @@ def captioned_scenes(seed: int, n: int, pairs: Sequence[Pair], size: int = 64,
     out = []
     for _ in range(n):
         kind, n_obj = rng.choices(kinds, weights)[0]
-        scene = random_scene(rng, pairs, n_obj, size)
+        if kind == "colour":
+            attr_pairs = [(c, BLOB) for c in COLOURS]
+        elif kind == "shape":
+            attr_pairs = [(ANY_COLOUR, s) for s in SHAPES]
+        else:
+            attr_pairs = list(pairs)
+        scene = random_scene(rng, attr_pairs, n_obj, size)
         out.append((scene, scene.caption(kind)))
     return out
 
