@@ -177,18 +177,29 @@ def score_with_zeroshot_eval(args, out: Path, split: shapes.PairSplit, pairs) ->
     return {**scores, "chance": 1 / len(pairs)}
 
 
+def sidecar(model, arch: str, config: Path, result: dict) -> dict:
+    """The JSON beside the weights, in ``zeroshot finetune``'s format (``zeroshot-weights/1``): the
+    architecture name and its full open_clip config, so the file loads without registering it."""
+    from open_clip.model import get_model_preprocess_cfg
+
+    preprocess = {k: list(v) if isinstance(v, tuple) else v for k, v in get_model_preprocess_cfg(model).items()}
+    return {"format": "zeroshot-weights/1", "architecture": arch, "model_config": json.loads(config.read_text()),
+            "preprocess": preprocess,
+            "training": {"script": "benchmarks/compositional.py", **{k: v for k, v in result.items() if k != "curve"}}}
+
+
 def save(model, args, result: dict, out: Path) -> None:
+    """``OUT.safetensors`` and its sidecar ``OUT.safetensors.json``."""
     from safetensors.torch import save_file
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    weights = out.with_suffix(".safetensors")
     dtype = torch.float16 if args.fp16 else torch.float32
-    save_file({k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()},
-              str(out.with_suffix(".safetensors")))
-    sidecar = {"arch": args.arch, "model_cfg": json.loads(Path(args.config).read_text()),
-               "trained": {k: v for k, v in result.items() if k != "curve"}}
-    out.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
+    save_file({k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}, str(weights),
+              metadata={"format": "pt", "zeroshot": "zeroshot-weights/1"})
+    Path(str(weights) + ".json").write_text(json.dumps(sidecar(model, args.arch, args.config, result), indent=2) + "\n")
     if "test_pairs_top1" in result:
-        print(f"wrote {out.with_suffix('.safetensors')} and {out.with_suffix('.json')}", flush=True)
+        print(f"wrote {weights} and {weights}.json", flush=True)
 
 
 def parse(argv=None):
@@ -196,7 +207,7 @@ def parse(argv=None):
     p.add_argument("--arch", default="zs-shapes")
     p.add_argument("--config", type=Path, default=CONFIG)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-size", type=int, default=12000)
+    p.add_argument("--train-size", type=int, default=8000)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -208,7 +219,7 @@ def parse(argv=None):
     p.add_argument("--min-trained", type=float, default=0.9)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--fp16", action="store_true", help="save float16 weights (the test fixture)")
-    p.add_argument("--out", help="write OUT.safetensors + OUT.json (the kept epoch)")
+    p.add_argument("--out", help="write OUT.safetensors + OUT.safetensors.json (the kept epoch)")
     return p.parse_args(argv)
 
 

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import cli_strict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
