@@ -4,15 +4,20 @@
 
 Data (``benchmarks/shapes.py``): 6 colours x 6 shapes = 36 colour-shape pairs. 24 pairs appear in
 training images; 6 "val" pairs and 6 "test" pairs never do (two Latin-square diagonals, so every
-colour and every shape is still seen with four partners). Training captions mix full captions
-("a photo of a red circle."), attribute captions ("a photo of a red object.", "a photo of a
-circle.") and two-object scenes ("a photo of a red circle and a blue square.").
+colour and every shape is still seen with four partners). Training captions (8000 images):
+30% one object, full caption ("a photo of a red circle."); 30% two objects ("a photo of a red
+circle and a blue square."); 20% colour-only ("a photo of a red object.", drawn as an unnamed
+random blob) and 20% shape-only ("a photo of a circle.", drawn in a random unnamed colour). The
+attribute captions on unnamed partners are what makes the never-seen pairs work: each attribute
+is learned apart from the other.
 
-Loss: the CLIP loss with multi-positive targets (equal captions in a batch are all positives).
-Every epoch prints the loss and zero-shot top-1 (prompt "a photo of a {}.", all 36 pairs as
-classes, chance 1/36) on new images of the trained pairs and of the val pairs. The kept epoch is the
-best val-pairs top-1 among epochs whose trained-pairs top-1 is >= 90% (selection never sees the test
-pairs). At the end the kept model is scored once on new images: trained pairs and test pairs.
+Loss: the CLIP loss with multi-positive targets (equal captions in a batch are all positives),
+AdamW, warm-up then cosine. Every epoch prints the loss and zero-shot top-1 (prompt "a photo of
+a {}.", all 36 pairs as classes, chance 1/36) on new images of the trained pairs and of the val
+pairs. The kept epoch is the best val-pairs top-1 among epochs whose trained-pairs top-1 is >= 90%
+(else the last epoch); selection never sees the test pairs. The kept model is saved (safetensors
++ ``zeroshot finetune``'s sidecar) and scored once with ``zeroshot eval`` (library API, folder data
+set with all 36 pairs as classes) on new images: trained pairs and test pairs.
 """
 
 from __future__ import annotations
