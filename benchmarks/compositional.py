@@ -213,7 +213,7 @@ def parse(argv=None):
     p.add_argument("--config", type=Path, default=CONFIG)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-size", type=int, default=8000)
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--wd", type=float, default=0.1)
