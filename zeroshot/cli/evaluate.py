@@ -33,6 +33,7 @@ from .options import (
     PretrainedOpt,
     QuietOpt,
     RawCsvOpt,
+    ReportOpt,
     WorkersOpt,
     fast_decode_option,
 )
@@ -50,11 +51,13 @@ def _check_output(option: str, path: Optional[Path]) -> None:
 
 
 def _location(dataset: DatasetName, path: Optional[str], root: Optional[str]) -> str:
+    from ..data.catalog import FILE_KINDS
+
     if path and root and Path(path).expanduser() != Path(root).expanduser():
         raise UsageError(f"give the dataset location once: PATH {path!r} or --root {root!r}, not both")
     where = path or root
     if not where:
-        example = "PATH" if dataset in (DatasetName.folder, DatasetName.csv) else "--root DIR"
+        example = "PATH" if dataset.value in FILE_KINDS else "--root DIR"
         raise UsageError(f"eval {dataset.value}: say where the dataset is: zeroshot eval {dataset.value} {example}")
     return where
 
@@ -90,20 +93,43 @@ def _print_table(result) -> None:
             typer.echo("\t".join(printable(c) for c in row))
 
 
+def _check_task_options(retrieval: bool, templates, labels, predictions, per_class, recall_k) -> None:
+    """Classification options on a retrieval set, or the reverse, are mistakes: say so."""
+    if retrieval:
+        given = [name for name, value in (("--templates", templates), ("--labels", labels),
+                                          ("--predictions", predictions), ("--per-class", per_class)) if value]
+        if given:
+            raise UsageError(f"{given[0]} is for classification; a retrieval set scores its captions as written "
+                             "(its outputs: the table and --output)")
+    elif recall_k:
+        raise UsageError("--recall-k is for retrieval sets (eval retrieval, or a wds folder whose dataset_type.txt "
+                         "says retrieval)")
+
+
 def eval_command(
     dataset: Annotated[DatasetName, typer.Argument(show_default=False,
-        help="imagenet (ImageNet-1k val, wnid folders), cifar10, cifar100, folder (class = sub-folder), csv (path,label manifest).")],
+        help="imagenet (ImageNet-1k val, wnid folders), imagenetv2, imagenet_sketch, imagenet-r, imagenet-a, cifar10, "
+             "cifar100, the CLIP paper's transfer sets through torchvision (food101 flowers pets dtd eurosat sun397 "
+             "caltech101 fgvc_aircraft cars country211 gtsrb stl10 mnist fer2013 renderedsst2 pcam), folder "
+             "(class = sub-folder), csv (path,label manifest), wds (CLIP_benchmark WebDataset folder), retrieval "
+             "(path,caption manifest).")],
     path: Annotated[Optional[str], typer.Argument(metavar="PATH", show_default=False,
-        help="Dataset location: the folder (imagenet, cifar, folder) or the manifest file (csv). Same as --root.")] = None,
+        help="Dataset location: the folder (imagenet, cifar, torchvision sets, folder, wds) or the manifest file "
+             "(csv, retrieval). Same as --root.")] = None,
     root: Annotated[Optional[str], typer.Option("--root", "-r", rich_help_panel=DATASET_PANEL,
         help="Dataset location (alternative to PATH).")] = None,
     classnames: Annotated[Optional[Path], typer.Option("--classnames", rich_help_panel=DATASET_PANEL, dir_okay=False,
         help="folder/csv: file mapping folder (or label) -> class name, 'key,name' per line or a JSON object; "
              "every class listed competes.")] = None,
     download: Annotated[bool, typer.Option("--download", rich_help_panel=DATASET_PANEL,
-        help="cifar10/cifar100: download the dataset into --root if it is not there.")] = False,
+        help="cifar10/cifar100 and the torchvision transfer sets (not fer2013): download the dataset into --root "
+             "if it is not there.")] = False,
+    split: Annotated[str, typer.Option("--split", rich_help_panel=DATASET_PANEL,
+        help="wds: the split folder to read (DIR/<split>/nshards.txt).")] = "test",
+    recall_k: Annotated[Optional[list[int]], typer.Option("--recall-k", min=1, metavar="K", rich_help_panel=DATASET_PANEL,
+        help="retrieval (and retrieval wds sets): k of recall@k (repeatable). Default: 1, 5 and 10.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, rich_help_panel=DATASET_PANEL,
-        help="Evaluate only the first N images of every class (quick runs).")] = None,
+        help="Evaluate only the first N images of every class (retrieval: the first N images; quick runs).")] = None,
     hidden: HiddenOpt = False,
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, rich_help_panel=INPUT_PANEL,
         help="Skip (and count as wrong) images with more pixels than this.")] = DEFAULT_MAX_PIXELS,
@@ -125,19 +151,24 @@ def eval_command(
     per_class: Annotated[Optional[Path], typer.Option("--per-class", rich_help_panel=OUTPUT_PANEL, dir_okay=False,
         help="Per-class accuracy (fraction), worst first; the format from the extension.")] = None,
     raw_csv: RawCsvOpt = False,
+    html_report: ReportOpt = None,
     no_cache: NoCacheOpt = False,
     store: StoreOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Zero-shot accuracy (top-1, top-5, mean per-class recall) of a model on a labelled dataset,
     for one or several template sets in one pass over the images. Images of folder, csv and
-    imagenet datasets already in the embedding store are not encoded again."""
-    from ..data.datasets import DEFAULT_TEMPLATES, load_dataset
+    imagenet datasets already in the embedding store are not encoded again. On image-caption sets
+    (retrieval, or a wds folder of captions): image->text and text->image recall@k."""
+    from ..data.captions import RetrievalDataset
+    from ..data.catalog import DEFAULT_TEMPLATES, DOWNLOADABLE, IN_MEMORY, load_dataset
     from ..encode.embed import EmbedSettings
     from ..models import load_model, resolve_weights
+    from ..output.report import check_report_path
     from ..output.writers import format_for_path
     from ..prompts import resolve_labels, resolve_templates
     from ..tasks.evaluate import evaluate, write_per_class_file, write_predictions_file, write_results_json
+    from ..tasks.report import write_eval_report
 
     started = time.perf_counter()
     result = None
@@ -146,8 +177,11 @@ def eval_command(
         where = _location(dataset, path, root)
         if classnames is not None and dataset not in (DatasetName.folder, DatasetName.csv):
             raise UsageError(f"--classnames is for folder and csv datasets; {dataset.value} has its own class names (use --labels to override)")
-        if download and dataset not in (DatasetName.cifar10, DatasetName.cifar100):
-            raise UsageError(f"--download is only for cifar10 and cifar100; put the {dataset.value} data in place yourself")
+        if download and dataset.value not in DOWNLOADABLE:
+            raise UsageError("--download is only for cifar10 and cifar100 and the torchvision transfer sets (not "
+                             f"fer2013); put the {dataset.value} data in place yourself")
+        if split != "test" and dataset != DatasetName.wds:
+            raise UsageError(f"--split is for wds datasets; {dataset.value} is read from its test split")
         for option, target in (("--output", output), ("--predictions", predictions), ("--per-class", per_class)):
             _check_output(option, target)
             if target is not None:
@@ -155,22 +189,37 @@ def eval_command(
                 if option == "--output" and fmt.name != "json":
                     raise UsageError(f"--output {target}: the results file is JSON; name it .json "
                                      "(per-image rows go to --predictions)")
+        check_report_path(html_report)
         if store is not None and no_cache:
             raise UsageError("--store and --no-cache contradict each other: --no-cache uses no store")
-        if store is not None and dataset in (DatasetName.cifar10, DatasetName.cifar100):
-            raise UsageError(f"--store is for datasets of image files; {dataset.value} is held in memory and always encoded")
-        template_sets = [resolve_templates(t) for t in (templates or [DEFAULT_TEMPLATES[dataset.value]])]
-        data = load_dataset(dataset.value, where, classnames=classnames, download=download, include_hidden=hidden)
+        if store is not None and dataset.value in (*IN_MEMORY, "wds"):
+            held = "images are read from their shards" if dataset == DatasetName.wds else "is held in memory"
+            raise UsageError(f"--store is for datasets of image files; {dataset.value} {held} and always encoded")
+        data = load_dataset(dataset.value, where, classnames=classnames, download=download, include_hidden=hidden,
+                            split=split)
+        retrieval = isinstance(data, RetrievalDataset)
+        _check_task_options(retrieval, templates, labels, predictions, per_class, recall_k)
+        if templates:
+            template_sets = [resolve_templates(t) for t in templates]
+        else:
+            template_sets = [data.templates or resolve_templates(DEFAULT_TEMPLATES[dataset.value])]
         if labels:
             data = data.with_classnames(resolve_labels(labels), f"--labels {labels}")
         data = data.limit(limit)
 
         weights = resolve_weights(model, pretrained)
-        files = dataset not in (DatasetName.cifar10, DatasetName.cifar100)
-        if files:
+        if data.images is None:  # image files: the embedding store applies
             embeddings = command_store(store, no_cache, quiet)
         with status(f"loading {model} ({pretrained or 'random init'})", quiet):
             loaded = load_model(weights, device=device, precision=precision.value)
+        settings = EmbedSettings(batch_size, workers, max_pixels, fast_decode)
+        if retrieval:
+            from .retrieval import run_retrieval
+
+            result = run_retrieval(loaded, data, settings, recall_k, embeddings, output, quiet, started)
+            if result.skipped:
+                raise typer.Exit(EXIT_PARTIAL)
+            return
         say(f"evaluating {len(data)} images, {len(data.classnames)} classes, "
             f"{len(template_sets)} template set(s) on {loaded.device} ({loaded.precision})", quiet)
 
@@ -185,7 +234,6 @@ def eval_command(
             image_progress = progress.tracker("images", rate_unit="img")
             skip = progress.skipping
 
-            settings = EmbedSettings(batch_size, workers, max_pixels, fast_decode)
             try:
                 result = evaluate(loaded, data, template_sets, settings, cache=not no_cache,
                                   on_text_progress=text_progress, on_image_progress=image_progress, on_skip=skip,
@@ -205,6 +253,10 @@ def eval_command(
         if per_class is not None:
             write_per_class_file(result, per_class, safe_csv=not raw_csv)
             written.append(str(per_class))
+        if html_report is not None:
+            with Progress(quiet) as progress:
+                write_eval_report(html_report, result, data, on_progress=progress.tracker("report"))
+            written.append(str(html_report))
 
         encoded = int(result.encoded.sum())
         summary = (f"evaluated {result.num_images} images ({len(result.classnames)} classes) in "

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ..data.datasets import DATASETS
+from ..data.catalog import DATASETS
 from ..output.writers import FORMAT_NAMES
 from ..precision import PRECISIONS
 
@@ -43,6 +44,10 @@ HiddenOpt = Annotated[bool, typer.Option("--hidden", rich_help_panel=INPUT_PANEL
     help="Include dot-files and dot-folders (skipped by default, e.g. macOS ._x.jpg).")]
 RawCsvOpt = Annotated[bool, typer.Option("--raw-csv", rich_help_panel=OUTPUT_PANEL,
     help="Do not neutralise spreadsheet formulas (cells starting with = + - @ tab or CR) in CSV/TSV.")]
+ReportOpt = Annotated[Optional[Path], typer.Option("--report", metavar="FILE.html", rich_help_panel=OUTPUT_PANEL,
+    dir_okay=False, help="Also write a self-contained HTML page to look at: thumbnails with their scores, grouped "
+                         "(sortable, filterable), the skipped files and why; eval adds per-class accuracy and the "
+                         "most confused classes.")]
 
 
 def fast_decode_option(default: bool) -> object:

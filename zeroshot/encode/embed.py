@@ -66,7 +66,8 @@ def embed_images(
 ) -> Iterator[Embedded]:
     """Embed ``inputs`` in order: :class:`~zeroshot.data.discover.Source` items (image files;
     those carrying an ``error`` are reported as such) or images in memory (PIL images or HxWxC
-    uint8 arrays)."""
+    uint8 arrays, or items read in the decode worker by their ``load(max_pixels, draft_size)``,
+    e.g. :class:`~zeroshot.data.decode.Member` of a WebDataset shard)."""
     pre = preprocessor or Preprocessor(loaded.preprocess)
     files = all(isinstance(item, Source) for item in inputs)
     known = {i: str(item.error) for i, item in enumerate(inputs) if files and item.error is not None}
@@ -75,7 +76,7 @@ def embed_images(
         dataset: torch.utils.data.Dataset = ImageDataset([inputs[i] for i in todo], pre, settings.max_pixels,
                                                          settings.fast_decode)
     else:
-        dataset = MemoryImages(list(inputs), pre)
+        dataset = MemoryImages(list(inputs), pre, settings.max_pixels, settings.fast_decode)
     device = loaded.device
     batch_size = settings.batch_size or default_batch_size(device)
     workers = default_workers(device) if settings.workers is None else settings.workers
