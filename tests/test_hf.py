@@ -1,0 +1,300 @@
+"""Hugging Face transformers CLIP and SigLIP models (``--model hf:...``), checked against
+transformers itself: the image processor's pixel tensors and the
+``zero-shot-image-classification`` pipeline's probabilities, for tiny random models saved with
+``save_pretrained`` (with a tiny byte-level BPE tokenizer built here: no network)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_image
+
+transformers = pytest.importorskip("transformers")
+
+TEMPLATE = "a photo of {}."
+HF_LABELS = ["red square", "green circle", "blue triangle"]
+# Sizes that exercise the resize/crop arithmetic: landscape, portrait, square, smaller than
+# the crop (padded), odd sizes.
+SIZES = [(96, 64), (41, 77), (32, 32), (20, 13), (257, 33)]
+
+
+def tiny_tokenizer():
+    """A CLIP byte-level BPE tokenizer with the 256 byte symbols (no merges): tiny and offline."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        for char in ByteLevel.alphabet():
+            vocab.setdefault(char + suffix, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=[]), len(vocab)
+
+
+def _tower(vocab_size: int, positions: int) -> tuple[dict, dict]:
+    text = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                num_attention_heads=2, max_position_embeddings=positions, bos_token_id=0, eos_token_id=1,
+                pad_token_id=1)
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=32, patch_size=8)
+    return text, vision
+
+
+def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    tokenizer, vocab_size = tiny_tokenizer()
+    text, vision = _tower(vocab_size, 77)
+    torch.manual_seed(seed)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    model.save_pretrained(folder)
+    CLIPProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def save_tiny_siglip(folder: Path, seed: int = 0) -> Path:
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
+
+    tokenizer, vocab_size = tiny_tokenizer()
+    text, vision = _tower(vocab_size, 64)
+    torch.manual_seed(seed)
+    model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision)).eval()
+    with torch.no_grad():  # SigLIP initialises both to 0; real models have scale ~log(100), bias ~-10
+        model.logit_scale.fill_(2.0)
+        model.logit_bias.fill_(-1.5)
+    processor = SiglipImageProcessor(size={"height": 32, "width": 32})
+    model.save_pretrained(folder)
+    SiglipProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def hf_clip(tmp_path_factory) -> Path:
+    return save_tiny_clip(tmp_path_factory.mktemp("hf") / "tiny-clip")
+
+
+@pytest.fixture(scope="module")
+def hf_siglip(tmp_path_factory) -> Path:
+    return save_tiny_siglip(tmp_path_factory.mktemp("hf") / "tiny-siglip")
+
+
+@pytest.fixture(params=["clip", "siglip"])
+def hf_folder(request, hf_clip, hf_siglip) -> Path:
+    return hf_clip if request.param == "clip" else hf_siglip
+
+
+@pytest.fixture()
+def hf_images(tmp_path) -> list[Path]:
+    colours = [(220, 30, 30), (30, 200, 40), (40, 60, 220), (240, 240, 20), (120, 30, 160)]
+    return [make_image(tmp_path / "imgs" / f"img{i}.png", c, size)
+            for i, (c, size) in enumerate(zip(colours, SIZES))]
+
+
+def pipeline_scores(folder: Path, image: Path) -> dict[str, float]:
+    """transformers' own zero-shot pipeline on one image: {label: probability}."""
+    from transformers import pipeline
+
+    classifier = pipeline("zero-shot-image-classification", model=str(folder), device="cpu")
+    with Image.open(image) as img:
+        out = classifier(img.convert("RGB"), candidate_labels=HF_LABELS, hypothesis_template=TEMPLATE)
+    return {row["label"]: row["score"] for row in out}
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+def test_pixels_equal_the_processors(hf_folder, hf_images):
+    """Our split pipeline (uint8 in the workers, normalise on the device) gives the image
+    processor's own pixel tensors."""
+    from transformers import AutoImageProcessor
+
+    from zeroshot.data.preprocess import Preprocessor
+    from zeroshot.hf import image_transform
+
+    processor = AutoImageProcessor.from_pretrained(str(hf_folder))
+    pre = Preprocessor(image_transform(processor))
+    assert pre.presplit
+    for path in hf_images:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            ours = pre.finish(pre.pixels(img)[None], torch.device("cpu"))
+            theirs = processor(images=[img], return_tensors="pt")["pixel_values"]
+        assert ours.shape == theirs.shape == (1, 3, 32, 32)
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_pil_backend_processor_pixels_equal(kind, hf_images):
+    """Processors on transformers' PIL backend (``...ImageProcessorPil``) resize with PIL."""
+    from transformers import CLIPImageProcessorPil, SiglipImageProcessorPil
+
+    from zeroshot.data.preprocess import Preprocessor
+    from zeroshot.hf import image_transform
+
+    processor = (CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+                 if kind == "clip" else SiglipImageProcessorPil(size={"height": 32, "width": 32}))
+    transform = image_transform(processor)
+    assert transform.backend == "pil"
+    pre = Preprocessor(transform)
+    for path in hf_images:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            ours = pre.finish(pre.pixels(img)[None], torch.device("cpu"))
+            theirs = processor(images=[img], return_tensors="pt")["pixel_values"]
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_clip_transform_is_resize_shortest_then_crop(hf_clip):
+    from transformers import AutoImageProcessor
+
+    from zeroshot.hf import image_transform
+
+    transform = image_transform(AutoImageProcessor.from_pretrained(str(hf_clip)))
+    assert (transform.shortest_edge, transform.crop, transform.resample) == (32, (32, 32), 3)
+    assert transform.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
+    assert transform.output_size(64, 96) == (32, 48)
+    assert transform.output_size(77, 41) == (60, 32)
+
+
+# ----------------------------------------------------------------------- against the pipeline
+
+
+def test_library_probabilities_equal_the_pipeline(hf_folder, hf_images):
+    from zeroshot.tasks.classify import ZeroShotClassifier
+
+    clf = ZeroShotClassifier(HF_LABELS, templates=[TEMPLATE], model=f"hf:{hf_folder}", device="cpu",
+                             precision="fp32", cache=False)
+    assert clf.loaded.uses_sigmoid == (hf_folder.name == "tiny-siglip")
+    preds = clf.classify([str(p) for p in hf_images], top_k=len(HF_LABELS), workers=0)
+    for path, pred in zip(hf_images, preds):
+        expected = pipeline_scores(hf_folder, path)
+        got = dict(zip(pred.labels, pred.scores))
+        assert set(got) == set(expected)
+        for label in HF_LABELS:
+            assert got[label] == pytest.approx(expected[label], abs=1e-4)
+
+
+def test_cli_classify_equals_the_pipeline(hf_folder, hf_images, tmp_path):
+    from conftest import cli_strict
+
+    out = tmp_path / "out.json"
+    result = cli_strict("classify", hf_images[0].parent, "--model", f"hf:{hf_folder}", "-L", ",".join(HF_LABELS),
+                        "-t", TEMPLATE, "-k", "3", "-d", "cpu", "-j", "1", "-f", "json", "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text("utf-8"))
+    rows = rows if isinstance(rows, list) else rows["rows"]
+    assert len(rows) == len(hf_images)
+    for row in rows:
+        expected = pipeline_scores(hf_folder, Path(row["path"]))
+        got = {row[f"label_{k}"]: row[f"score_{k}"] for k in range(1, 4)} if "label_1" in row else \
+            {p["label"]: p["score"] for p in row["top"]}
+        for label in HF_LABELS:
+            assert got[label] == pytest.approx(expected[label], abs=1e-4)
+
+
+def test_a_bare_local_folder_is_an_hf_model(hf_clip, hf_images):
+    """A folder with a transformers config.json works without the ``hf:`` prefix."""
+    from zeroshot.models import resolve_weights
+    from zeroshot.tasks.classify import ZeroShotClassifier
+
+    assert resolve_weights(str(hf_clip)).backend == "transformers"
+    clf = ZeroShotClassifier(HF_LABELS, templates=[TEMPLATE], model=str(hf_clip), device="cpu", cache=False)
+    pred = clf.classify([str(hf_images[0])], top_k=3, workers=0)[0]
+    expected = pipeline_scores(hf_clip, hf_images[0])
+    assert dict(zip(pred.labels, pred.scores))[HF_LABELS[0]] == pytest.approx(expected[HF_LABELS[0]], abs=1e-4)
+
+
+# ------------------------------------------------------------------------- identity and errors
+
+
+def test_weights_identity_is_stable_and_follows_the_files(tmp_path):
+    from zeroshot.models import resolve_weights
+
+    folder = save_tiny_clip(tmp_path / "m")
+    first = resolve_weights(f"hf:{folder}").weights_id
+    assert resolve_weights(f"hf:{folder}").weights_id == first
+    assert resolve_weights(str(folder)).weights_id == first
+    config = json.loads((folder / "config.json").read_text())
+    config["logit_scale_init_value"] = 1.0
+    (folder / "config.json").write_text(json.dumps(config))
+    assert resolve_weights(f"hf:{folder}").weights_id != first
+
+
+def test_hf_hub_prefix_stays_open_clip():
+    from zeroshot.hf import is_hf_model
+
+    assert not is_hf_model("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
+    assert is_hf_model("hf:openai/clip-vit-base-patch32")
+
+
+def test_missing_hub_model_offline_is_one_line_error():
+    from zeroshot.errors import ModelLoadError
+    from zeroshot.models import resolve_weights
+
+    with pytest.raises(ModelLoadError) as info:
+        resolve_weights("hf:openai/clip-vit-base-patch32")
+    message = str(info.value)
+    assert "\n" not in message and "HF_HUB_OFFLINE" in message and "hf:/path/to/folder" in message
+
+
+def test_cli_missing_hub_model_offline(tmp_path):
+    from conftest import classify_cli
+
+    make_image(tmp_path / "a.png")
+    result = classify_cli([str(tmp_path / "a.png"), "-m", "hf:openai/clip-vit-base-patch32", "-l", "a", "-l", "b"])
+    assert result.exit_code != 0
+    assert "HF_HUB_OFFLINE" in result.output and "Traceback" not in result.output
+
+
+def test_without_transformers_the_error_names_the_extra(monkeypatch, hf_clip):
+    from zeroshot.errors import UsageError
+    from zeroshot.models import resolve_weights
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers -> ImportError
+    with pytest.raises(UsageError, match=r'pip install "zeroshot\[hf\]"'):
+        resolve_weights(f"hf:{hf_clip}")
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("hf:/no/such/folder", "not a folder"),
+    ("hf:", "not a folder"),
+])
+def test_bad_hf_names(name, expected):
+    from zeroshot.errors import UsageError
+    from zeroshot.models import resolve_weights
+
+    with pytest.raises(UsageError, match=expected):
+        resolve_weights(name)
+
+
+def test_unsupported_model_type(tmp_path):
+    from zeroshot.errors import UsageError
+    from zeroshot.models import resolve_weights
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(UsageError, match="model_type 'bert' is not supported"):
+        resolve_weights(f"hf:{tmp_path}")
+
+
+def test_store_and_search_work_with_hf_models(hf_siglip, hf_images, tmp_path):
+    """``index`` then ``classify --store``: the vectors come from the store, same probabilities."""
+    from conftest import cli_strict
+
+    model = ["--model", f"hf:{hf_siglip}", "-d", "cpu", "-j", "0", "-q"]
+    assert cli_strict("index", hf_images[0].parent, *model).exit_code == 0
+    outs = []
+    for extra in ([], ["--store"]):
+        out = tmp_path / f"out{len(extra)}.json"
+        result = cli_strict("classify", hf_images[0].parent, *model, "-L", ",".join(HF_LABELS), "-t", TEMPLATE,
+                            "-k", "3", "-f", "json", "-o", out, *extra)
+        assert result.exit_code == 0, result.output
+        outs.append(json.loads(out.read_text("utf-8")))
+    assert [r["path"] for r in outs[0]] == [r["path"] for r in outs[1]]
+    for a, b in zip(*outs):
+        assert a["score_1"] == pytest.approx(b["score_1"], abs=2e-3)  # float16 store
