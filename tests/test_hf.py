@@ -96,6 +96,10 @@ def hf_images(tmp_path) -> list[Path]:
             for i, (c, size) in enumerate(zip(colours, SIZES))]
 
 
+def labels_args() -> list[str]:
+    return [arg for label in HF_LABELS for arg in ("-l", label)]
+
+
 def pipeline_scores(folder: Path, image: Path) -> dict[str, float]:
     """transformers' own zero-shot pipeline on one image: {label: probability}."""
     from transformers import pipeline
@@ -184,16 +188,15 @@ def test_cli_classify_equals_the_pipeline(hf_folder, hf_images, tmp_path):
     from conftest import cli_strict
 
     out = tmp_path / "out.json"
-    result = cli_strict("classify", hf_images[0].parent, "--model", f"hf:{hf_folder}", "-L", ",".join(HF_LABELS),
-                        "-t", TEMPLATE, "-k", "3", "-d", "cpu", "-j", "1", "-f", "json", "-o", out, "-q")
+    result = cli_strict("classify", hf_images[0].parent, "--model", f"hf:{hf_folder}", *labels_args(),
+                        "-t", TEMPLATE, "-k", "3", "-d", "cpu", "-j", "1", "-f", "json", "-o", out, "-q",
+                        "--no-cache")  # the default store keeps float16 vectors: exact here
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text("utf-8"))
-    rows = rows if isinstance(rows, list) else rows["rows"]
     assert len(rows) == len(hf_images)
     for row in rows:
         expected = pipeline_scores(hf_folder, Path(row["path"]))
-        got = {row[f"label_{k}"]: row[f"score_{k}"] for k in range(1, 4)} if "label_1" in row else \
-            {p["label"]: p["score"] for p in row["top"]}
+        got = {p["label"]: p["score"] for p in row["predictions"]}
         for label in HF_LABELS:
             assert got[label] == pytest.approx(expected[label], abs=1e-4)
 
@@ -263,7 +266,8 @@ def test_without_transformers_the_error_names_the_extra(monkeypatch, hf_clip):
 
 @pytest.mark.parametrize("name, expected", [
     ("hf:/no/such/folder", "not a folder"),
-    ("hf:", "not a folder"),
+    ("hf:", "give a hub id"),
+    ("hf:a/b/c", "not a folder"),
 ])
 def test_bad_hf_names(name, expected):
     from zeroshot.errors import UsageError
@@ -283,18 +287,24 @@ def test_unsupported_model_type(tmp_path):
 
 
 def test_store_and_search_work_with_hf_models(hf_siglip, hf_images, tmp_path):
-    """``index`` then ``classify --store``: the vectors come from the store, same probabilities."""
+    """``index`` fills the store; ``classify`` then reads its vectors (float16: within 2e-3 of a
+    fresh float32 encode) and ``search`` ranks the indexed images."""
     from conftest import cli_strict
 
-    model = ["--model", f"hf:{hf_siglip}", "-d", "cpu", "-j", "0", "-q"]
-    assert cli_strict("index", hf_images[0].parent, *model).exit_code == 0
+    model = ["--model", f"hf:{hf_siglip}", "-d", "cpu", "-j", "0"]
+    assert cli_strict("index", hf_images[0].parent, *model, "-q").exit_code == 0
     outs = []
-    for extra in ([], ["--store"]):
+    for extra in (["--no-cache"], []):
         out = tmp_path / f"out{len(extra)}.json"
-        result = cli_strict("classify", hf_images[0].parent, *model, "-L", ",".join(HF_LABELS), "-t", TEMPLATE,
+        result = cli_strict("classify", hf_images[0].parent, *model, *labels_args(), "-t", TEMPLATE,
                             "-k", "3", "-f", "json", "-o", out, *extra)
         assert result.exit_code == 0, result.output
         outs.append(json.loads(out.read_text("utf-8")))
+    assert "encoded 0, 5 from the store" in result.output
     assert [r["path"] for r in outs[0]] == [r["path"] for r in outs[1]]
     for a, b in zip(*outs):
-        assert a["score_1"] == pytest.approx(b["score_1"], abs=2e-3)  # float16 store
+        for p, q in zip(a["predictions"], b["predictions"]):
+            assert p["label"] == q["label"] and p["score"] == pytest.approx(q["score"], abs=2e-3)
+    found = cli_strict("search", "a red square", *model, "-n", "5", "-q")
+    assert found.exit_code == 0, found.output
+    assert sum(str(p.name) in found.output for p in hf_images) == 5

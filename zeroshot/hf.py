@@ -59,11 +59,13 @@ def require_transformers(model: str) -> None:
 def local_folder(model: str) -> Path | None:
     """The folder ``model`` names, or None for a hub id; a path that does not exist is an error."""
     spec = model[len(HF_PREFIX):] if model.startswith(HF_PREFIX) else model
+    if not spec.strip():
+        raise UsageError(f"--model {model}: give a hub id (hf:org/name) or a folder (hf:/path/to/folder)")
     path = Path(spec).expanduser()
     if path.is_dir():
         return path
     if spec.startswith(("/", ".", "~")) or path.exists() or spec.count("/") > 1 or not spec.strip("/"):
-        raise UsageError(f"--model {model}: {spec or 'the name'} is not a folder with a transformers config.json "
+        raise UsageError(f"--model {model}: {spec} is not a folder with a transformers config.json "
                          "nor a hub id (org/name)")
     return None
 
@@ -242,6 +244,15 @@ def _pair(size: Any) -> tuple[int, int] | None:
     return (int(height), int(width)) if height and width else None
 
 
+def _backend(processor: Any) -> str:
+    """How the processor resizes: transformers 5 says it (``backend``); in 4.x the "fast"
+    processors resize tensors with torchvision and the others with PIL."""
+    backend = getattr(processor, "backend", None)
+    if backend is None:
+        return "torchvision" if type(processor).__name__.endswith("Fast") else "pil"
+    return "pil" if backend == "pil" else "torchvision"
+
+
 def image_transform(processor: Any) -> HFImageTransform:
     """The :class:`HFImageTransform` doing what ``processor`` (a CLIP or SigLIP image processor) does."""
     size = getattr(processor, "size", None) if getattr(processor, "do_resize", True) else None
@@ -258,7 +269,7 @@ def image_transform(processor: Any) -> HFImageTransform:
         rescale=float(processor.rescale_factor) if getattr(processor, "do_rescale", True) else None,
         mean=tuple(float(m) for m in processor.image_mean) if normalize else None,
         std=tuple(float(s) for s in processor.image_std) if normalize else None,
-        backend="pil" if getattr(processor, "backend", "torchvision") == "pil" else "torchvision",
+        backend=_backend(processor),
     )
 
 

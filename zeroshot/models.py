@@ -360,8 +360,15 @@ def resolve_weights(model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT
 def _resolve_hf(model: str) -> WeightsRef:
     """A transformers CLIP/SigLIP model: a local folder, or a hub id from the cache (downloaded
     when missing and the hub can be reached)."""
-    from .hf import cached_snapshot, download_snapshot, folder_identity, local_folder, read_config, repo_id
-    from .hf import require_transformers
+    from .hf import (
+        cached_snapshot,
+        download_snapshot,
+        folder_identity,
+        local_folder,
+        read_config,
+        repo_id,
+        require_transformers,
+    )
 
     require_transformers(model)
     folder = local_folder(model)

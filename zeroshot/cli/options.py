@@ -22,7 +22,8 @@ OutputFormat = Enum("OutputFormat", {name: name for name in ("auto", *FORMAT_NAM
 DatasetName = Enum("DatasetName", {name: name for name in DATASETS}, type=str)  # type: ignore[misc]
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", envvar="ZEROSHOT_MODEL", rich_help_panel=MODEL_PANEL,
-    help="open_clip architecture (ViT-B-32, ViT-L-14, ...) or hf-hub:org/name.")]
+    help="open_clip architecture (ViT-B-32, ViT-L-14, ...), hf-hub:org/name (open_clip on the hub), or "
+         "hf:org/name or hf:FOLDER (a transformers CLIP/SigLIP model; needs zeroshot[hf]).")]
 PretrainedOpt = Annotated[str, typer.Option("--pretrained", "-p", envvar="ZEROSHOT_PRETRAINED", rich_help_panel=MODEL_PANEL,
     help="Pretrained tag (openai, laion2b_s34b_b79k, ...) or a local checkpoint (.pt/.bin/.safetensors).")]
 DeviceOpt = Annotated[str, typer.Option("--device", "-d", envvar="ZEROSHOT_DEVICE", rich_help_panel=MODEL_PANEL,
