@@ -253,13 +253,14 @@ def evaluate_models(
             if len(group) > 1 else None
         for i in group:
             started = time.perf_counter()
+            shared_seconds = encoder.seconds if encoder and i == group[0] else 0.0  # the decode pass, counted once
             weights = _class_weights(models[i], dataset, sets, text_batch_size, on_text_progress, weight_cache)
             image_started = time.perf_counter()
             reuse = ReuseStats()
             progress = on_image_progress if encoder is None else None
             features, encoded, skipped = encode_dataset(models[i], dataset, settings, progress, skip_once,
                                                         store=store, stats=reuse, encoder=encoder)
-            image_seconds = time.perf_counter() - image_started + (encoder.seconds if encoder else 0.0)
+            image_seconds = time.perf_counter() - image_started + shared_seconds
             results[i] = _result(models[i], dataset, sets, weights, features, encoded, skipped, reuse,
                                  seconds=time.perf_counter() - started, image_seconds=image_seconds)
     return [r for r in results if r is not None]
@@ -446,16 +447,54 @@ def _embed_dim(loaded: LoadedModel) -> int:
 # ======================================================================================== files
 
 
-def write_results_json(result: EvalResult, path: str | os.PathLike) -> None:
-    """The results JSON (CLIP_benchmark keys plus ours), written atomically (``--output``)."""
-    write_json_document(result.as_dict(), Path(path), "--output")
+def write_results_json(result: EvalResult | Sequence[EvalResult], path: str | os.PathLike) -> None:
+    """The results JSON (CLIP_benchmark keys plus ours), written atomically (``--output``); for
+    several models, :func:`comparison_document`."""
+    results = _as_list(result)
+    document = results[0].as_dict() if len(results) == 1 else comparison_document(results)
+    write_json_document(document, Path(path), "--output")
 
 
-def write_predictions_file(result: EvalResult, path: str | os.PathLike, safe_csv: bool = True) -> None:
-    """One row per image and template set (``--predictions``), in the format its extension names."""
-    write_rows(result.prediction_rows(), Path(path), "--predictions", safe_csv)
+def comparison_document(results: Sequence[EvalResult]) -> dict[str, Any]:
+    """Several models on one dataset: the shared facts, then each model's own results JSON."""
+    first = results[0]
+    return {
+        "dataset": first.dataset,
+        "task": TASK,
+        "images": first.num_images,
+        "classes": len(first.classnames),
+        "root": first.root,
+        "models": [r.as_dict() for r in results],
+        "zeroshot_version": __version__,
+    }
 
 
-def write_per_class_file(result: EvalResult, path: str | os.PathLike, safe_csv: bool = True) -> None:
-    """Per-class accuracy, worst first (``--per-class``), in the format its extension names."""
-    write_rows(result.per_class_rows(), Path(path), "--per-class", safe_csv)
+def comparison_rows(results: Sequence[EvalResult]) -> list[dict[str, Any]]:
+    """One row per model and template set: the metrics table of ``zeroshot eval``."""
+    return [{"model": r.model, "pretrained": r.pretrained, "templates": t.templates,
+             "num_templates": t.num_templates, "acc1": t.acc1, "acc5": t.acc5,
+             "mean_per_class_recall": t.mean_per_class_recall} for r in results for t in r.results]
+
+
+def write_predictions_file(result: EvalResult | Sequence[EvalResult], path: str | os.PathLike,
+                           safe_csv: bool = True) -> None:
+    """One row per image and template set (``--predictions``), in the format its extension names;
+    with several models, every row starts with the model and pretrained columns."""
+    write_rows(_model_rows(_as_list(result), EvalResult.prediction_rows), Path(path), "--predictions", safe_csv)
+
+
+def write_per_class_file(result: EvalResult | Sequence[EvalResult], path: str | os.PathLike,
+                         safe_csv: bool = True) -> None:
+    """Per-class accuracy, worst first (``--per-class``), in the format its extension names;
+    with several models, every row starts with the model and pretrained columns."""
+    write_rows(_model_rows(_as_list(result), EvalResult.per_class_rows), Path(path), "--per-class", safe_csv)
+
+
+def _as_list(result: EvalResult | Sequence[EvalResult]) -> list[EvalResult]:
+    return [result] if isinstance(result, EvalResult) else list(result)
+
+
+def _model_rows(results: list[EvalResult], rows_of: Callable[[EvalResult], list[dict[str, Any]]]) -> list[dict]:
+    if len(results) == 1:
+        return rows_of(results[0])
+    return [{"model": r.model, "pretrained": r.pretrained, **row} for r in results for row in rows_of(r)]
