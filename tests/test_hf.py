@@ -308,3 +308,39 @@ def test_store_and_search_work_with_hf_models(hf_siglip, hf_images, tmp_path):
     found = cli_strict("search", "a red square", *model, "-n", "5", "-q")
     assert found.exit_code == 0, found.output
     assert sum(str(p.name) in found.output for p in hf_images) == 5
+
+
+def test_damaged_weights_are_a_one_line_error(tmp_path):
+    from zeroshot.errors import ModelLoadError
+    from zeroshot.models import load_model
+
+    folder = save_tiny_clip(tmp_path / "m")
+    (folder / "model.safetensors").write_bytes(b"\0" * 100)
+    with pytest.raises(ModelLoadError) as info:
+        load_model(f"hf:{folder}", device="cpu")
+    assert "\n" not in str(info.value) and "cannot load the transformers model" in str(info.value)
+
+
+def test_eval_compares_hf_and_open_clip_models(hf_siglip, tiny_loaded, tmp_path, monkeypatch):
+    """An hf: model next to an open_clip one in one eval: each equals its single-model run, and
+    the two preprocessings mean two decodes of every image."""
+    from test_eval import make_folder_dataset
+
+    import zeroshot.data.loader as loader
+    from zeroshot.data.datasets import folder_dataset
+    from zeroshot.encode.embed import EmbedSettings
+    from zeroshot.models import load_model
+    from zeroshot.tasks.evaluate import evaluate, evaluate_models
+
+    data = folder_dataset(make_folder_dataset(tmp_path / "ds", per_class=2))
+    hf_loaded = load_model(f"hf:{hf_siglip}", device="cpu")
+    settings = EmbedSettings(workers=0, batch_size=4)
+    seen = []
+    real = loader.open_image
+    monkeypatch.setattr(loader, "open_image", lambda path, *a, **k: seen.append(path) or real(path, *a, **k))
+    both = evaluate_models([tiny_loaded, hf_loaded], data, [[TEMPLATE]], settings, cache=False)
+    assert len(seen) == 2 * len(data)
+    for loaded, ours in zip([tiny_loaded, hf_loaded], both):
+        single = evaluate(loaded, data, [[TEMPLATE]], settings, cache=False)
+        assert ours.results[0].metrics.as_dict() == single.results[0].metrics.as_dict()
+        assert torch.equal(ours.results[0].predictions, single.results[0].predictions)

@@ -329,18 +329,22 @@ def load(folder: Path, model: str) -> tuple[torch.nn.Module, HFTokenizer, HFImag
     """The adapter, tokenizer and image transform of the CLIP/SigLIP model in ``folder``."""
     import logging
 
-    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
     config = read_config(folder, model)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    logging.disable(logging.WARNING)  # import-time chatter of transformers and its optional packages
     try:
-        logging.disable(logging.WARNING)
-        net = AutoModel.from_pretrained(str(folder), local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True)
+        from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        try:
+            net = AutoModel.from_pretrained(str(folder), local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+            processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            hf_logging.enable_progress_bar()
     except (UsageError, ModelLoadError):
         raise
     except Exception as err:  # noqa: BLE001 - every loader failure becomes one line
@@ -349,8 +353,6 @@ def load(folder: Path, model: str) -> tuple[torch.nn.Module, HFTokenizer, HFImag
                              f"({type(err).__name__}: {text[:200]})") from None
     finally:
         logging.disable(logging.NOTSET)
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
     kind = config["model_type"]
     text_cfg = net.config.text_config
     embed_dim = int(getattr(net.config, "projection_dim", 0) or 0) if kind == "clip" else 0
