@@ -51,6 +51,8 @@ _EXPORTS = {
     "load_dataset": "data.datasets",
     "EvalResult": "tasks.evaluate",
     "evaluate": "tasks.evaluate",
+    "evaluate_models": "tasks.evaluate",
+    "embed_images_many": "encode.embed",
     "Metrics": "metrics",
     "compute_metrics": "metrics",
     "plan_sort": "tasks.sort",
@@ -74,6 +76,7 @@ __all__ = [
     "execute_sort", "folder_name", "list_pretrained_models", "load_dataset", "load_model",
     "open_image", "plan_sort", "resolve_labels", "resolve_templates", "resolve_weights", "search",
     "sort_images", "to_dataframe", "undo_sort", "write_predictions",
+    "evaluate_models", "embed_images_many",
 ]
 
 
@@ -95,7 +98,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .data.decode import open_image
     from .data.discover import discover
     from .encode.cache import ClassWeightCache
-    from .encode.embed import Embedded, EmbedSettings, embed_images
+    from .encode.embed import Embedded, EmbedSettings, embed_images, embed_images_many
     from .encode.text import build_class_weights, encode_prompts
     from .errors import ImageError, ModelLoadError, OutputError, UsageError, ZeroshotError
     from .metrics import Metrics, compute_metrics
@@ -105,6 +108,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .prompts import TemplateSet, resolve_labels, resolve_templates
     from .store.db import Store
     from .tasks.classify import RankSettings, RunStats, ZeroShotClassifier, classify_to_file
-    from .tasks.evaluate import EvalResult, evaluate
+    from .tasks.evaluate import EvalResult, evaluate, evaluate_models
     from .tasks.search import Query, search
     from .tasks.sort import SortPlan, SortResult, execute_sort, folder_name, plan_sort, sort_images, undo_sort
