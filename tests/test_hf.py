@@ -344,3 +344,46 @@ def test_eval_compares_hf_and_open_clip_models(hf_siglip, tiny_loaded, tmp_path,
         single = evaluate(loaded, data, [[TEMPLATE]], settings, cache=False)
         assert ours.results[0].metrics.as_dict() == single.results[0].metrics.as_dict()
         assert torch.equal(ours.results[0].predictions, single.results[0].predictions)
+
+
+def fake_hub_cache(folder: Path, hf_home: Path, repo: str) -> Path:
+    """``folder`` laid out as the Hugging Face cache holds a downloaded repository: blobs named
+    by their sha256, a snapshot of symlinks, refs/main naming the commit."""
+    import hashlib
+    import shutil
+
+    base = hf_home / "hub" / f"models--{repo.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = base / "snapshots" / commit
+    (base / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    (base / "refs").mkdir()
+    (base / "refs" / "main").write_text(commit)
+    for path in folder.iterdir():
+        blob = base / "blobs" / hashlib.sha256(path.read_bytes()).hexdigest()
+        shutil.copyfile(path, blob)
+        (snapshot / path.name).symlink_to(blob)
+    return snapshot
+
+
+def test_hub_id_from_the_cache_offline(hf_clip, hf_images, tmp_path, monkeypatch):
+    """``hf:org/name`` with HF_HUB_OFFLINE set: found in the cache (HF_HOME), same results as
+    the folder it came from; the weights identity is the blob hash, so it is the same key in
+    every copy of that cache."""
+    from zeroshot.models import resolve_weights
+    from zeroshot.tasks.classify import ZeroShotClassifier
+
+    hf_home = tmp_path / "hf-home"  # the isolated_cache fixture's HF_HOME
+    snapshot = fake_hub_cache(hf_clip, hf_home, "tiny-org/tiny-clip")
+    ref = resolve_weights("hf:tiny-org/tiny-clip")
+    assert Path(ref.create_args[0]) == snapshot
+    clf = ZeroShotClassifier(HF_LABELS, templates=[TEMPLATE], model="hf:tiny-org/tiny-clip", device="cpu",
+                             cache=False)
+    pred = clf.classify([str(hf_images[0])], top_k=3, workers=0)[0]
+    expected = pipeline_scores(hf_clip, hf_images[0])
+    for label, score in zip(pred.labels, pred.scores):
+        assert score == pytest.approx(expected[label], abs=1e-4)
+    moved = tmp_path / "copy" / "hf-home"
+    fake_hub_cache(hf_clip, moved, "tiny-org/tiny-clip")
+    monkeypatch.setenv("HF_HOME", str(moved))
+    assert resolve_weights("hf:tiny-org/tiny-clip").weights_id == ref.weights_id

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,12 +75,24 @@ def repo_id(model: str) -> str:
     return model[len(HF_PREFIX):] if model.startswith(HF_PREFIX) else model
 
 
+def hub_cache_dir() -> str | None:
+    """The Hugging Face cache as the environment names it now (``HF_HUB_CACHE``, else
+    ``HF_HOME``/hub; None: huggingface_hub's default). huggingface_hub reads these once, at
+    import; reading them per call keeps a change made later in the process."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return str(Path(os.environ["HF_HOME"]).expanduser() / "hub")
+    return None
+
+
 def cached_snapshot(repo: str) -> Path | None:
     """The local snapshot folder of ``repo`` when its files are in the Hugging Face cache."""
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo, allow_patterns=SNAPSHOT_PATTERNS, local_files_only=True))
+        return Path(snapshot_download(repo, allow_patterns=SNAPSHOT_PATTERNS, local_files_only=True,
+                                      cache_dir=hub_cache_dir()))
     except Exception:  # noqa: BLE001 - not cached (or a broken cache entry): treated as missing
         return None
 
@@ -88,7 +101,7 @@ def download_snapshot(repo: str, model: str) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo, allow_patterns=SNAPSHOT_PATTERNS))
+        return Path(snapshot_download(repo, allow_patterns=SNAPSHOT_PATTERNS, cache_dir=hub_cache_dir()))
     except Exception as err:  # noqa: BLE001 - every hub failure becomes one line
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(f"--model {model}: cannot download {repo} from the Hugging Face hub "
