@@ -32,7 +32,7 @@ MODEL_TYPES = ("clip", "siglip")
 INSTALL_HINT = 'pip install "zeroshot[hf]"'
 # What a hub snapshot needs: configs, tokenizer files and safetensors weights (not the
 # TensorFlow/Flax/PyTorch-pickle duplicates many repositories also hold).
-SNAPSHOT_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors"]
+SNAPSHOT_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors"]  # pytorch_model.bin only without these
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -101,7 +101,10 @@ def download_snapshot(repo: str, model: str) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo, allow_patterns=SNAPSHOT_PATTERNS, cache_dir=hub_cache_dir()))
+        folder = Path(snapshot_download(repo, allow_patterns=SNAPSHOT_PATTERNS, cache_dir=hub_cache_dir()))
+        if not weight_files(folder):  # an older repository without safetensors
+            folder = Path(snapshot_download(repo, allow_patterns=["pytorch_model.bin"], cache_dir=hub_cache_dir()))
+        return folder
     except Exception as err:  # noqa: BLE001 - every hub failure becomes one line
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(f"--model {model}: cannot download {repo} from the Hugging Face hub "
