@@ -51,6 +51,8 @@ _EXPORTS = {
     "load_dataset": "data.catalog",
     "EvalResult": "tasks.evaluate",
     "evaluate": "tasks.evaluate",
+    "evaluate_models": "tasks.evaluate",
+    "embed_images_many": "encode.embed",
     "Metrics": "metrics",
     "compute_metrics": "metrics",
     "plan_sort": "tasks.sort",
@@ -82,6 +84,7 @@ __all__ = [
     "sort_images", "to_dataframe", "undo_sort", "write_predictions",
     "ReportItem", "write_report", "write_eval_report",
     "RetrievalDataset", "RetrievalResult", "evaluate_retrieval",
+    "evaluate_models", "embed_images_many",
 ]
 
 
@@ -105,7 +108,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .data.decode import open_image
     from .data.discover import discover
     from .encode.cache import ClassWeightCache
-    from .encode.embed import Embedded, EmbedSettings, embed_images
+    from .encode.embed import Embedded, EmbedSettings, embed_images, embed_images_many
     from .encode.text import build_class_weights, encode_prompts
     from .errors import ImageError, ModelLoadError, OutputError, UsageError, ZeroshotError
     from .metrics import Metrics, compute_metrics
@@ -116,7 +119,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .prompts import TemplateSet, resolve_labels, resolve_templates
     from .store.db import Store
     from .tasks.classify import RankSettings, RunStats, ZeroShotClassifier, classify_to_file
-    from .tasks.evaluate import EvalResult, evaluate
+    from .tasks.evaluate import EvalResult, evaluate, evaluate_models
     from .tasks.report import write_eval_report
     from .tasks.retrieval import RetrievalResult, evaluate_retrieval
     from .tasks.search import Query, search

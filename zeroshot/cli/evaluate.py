@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from ..data.decode import DEFAULT_MAX_PIXELS
 from ..errors import UsageError
@@ -26,11 +27,11 @@ from .options import (
     DatasetName,
     DeviceOpt,
     HiddenOpt,
-    ModelOpt,
+    ModelsOpt,
     NoCacheOpt,
     Precision,
     PrecisionOpt,
-    PretrainedOpt,
+    PretrainedsOpt,
     QuietOpt,
     RawCsvOpt,
     ReportOpt,
@@ -43,6 +44,55 @@ EvalTemplatesOpt = Annotated[Optional[list[str]], typer.Option("--templates", "-
     help="Template set to score (repeatable: every set is scored against the same image embeddings). Built-in set "
          "(80/openai-80, 7/openai-7, 1/photo, none, cifar), a file, or one template with {}. "
          "Default: openai-80 (cifar for CIFAR).")]
+
+
+class OrderedOptionsCommand(TyperCommand):
+    """Keeps the raw arguments (``ctx.meta["zeroshot.argv"]``): -m/-p pair up by their order,
+    which click's per-option lists do not keep."""
+
+    def parse_args(self, ctx, args):  # noqa: ANN001, ANN201 - click's signature
+        ctx.meta["zeroshot.argv"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+def _flag_order(argv: list[str]) -> list[str]:
+    """``"m"``/``"p"`` for every --model/--pretrained in ``argv``, in order."""
+    order = []
+    for token in argv:
+        if token == "--":
+            break
+        for flag, names in (("m", ("-m", "--model")), ("p", ("-p", "--pretrained"))):
+            if token in names or token.startswith(names[1] + "=") or (token.startswith(names[0]) and len(token) > 2
+                                                                       and not token.startswith("--")):
+                order.append(flag)
+    return order
+
+
+def pair_models(models: list[str], pretrained: list[str], argv: list[str] | None) -> list[tuple[str, str]]:
+    """(model, pretrained) pairs from repeated -m/-p: each -p belongs to the -m before it, a -m
+    without -p gets the default tag; without -m, every -p is a tag of the default model."""
+    if not models:
+        return [(DEFAULT_MODEL, p) for p in pretrained] or [(DEFAULT_MODEL, DEFAULT_PRETRAINED)]
+    order = _flag_order(argv or [])
+    if order.count("m") != len(models) or order.count("p") != len(pretrained):  # values from the environment
+        order = ["m", "p"] * len(models) if len(pretrained) == len(models) else ["m"] * len(models) + ["p"] * len(pretrained)
+    pairs: list[list] = []
+    m = p = 0
+    for flag in order:
+        if flag == "m":
+            pairs.append([models[m], None])
+            m += 1
+            continue
+        if not pairs or pairs[-1][1] is not None:
+            raise UsageError(f"--pretrained {pretrained[p]}: give it right after the --model it belongs to "
+                             "(-m ARCH -p TAG -m ARCH -p TAG)")
+        pairs[-1][1] = pretrained[p]
+        p += 1
+    out = [(model, tag if tag is not None else DEFAULT_PRETRAINED) for model, tag in pairs]
+    for i, pair in enumerate(out):
+        if pair in out[:i]:
+            raise UsageError(f"--model {pair[0]} --pretrained {pair[1]} is given twice")
+    return out
 
 
 def _check_output(option: str, path: Optional[Path]) -> None:
@@ -68,21 +118,27 @@ def _cell(value: Optional[float], percent: bool) -> str:
     return f"{100 * value:.2f}" if percent else repr(float(value))  # piped: exactly the JSON's number
 
 
-def _print_table(result) -> None:
-    """A table on a terminal (percent); tab-separated fractions, as in the JSON, when piped."""
+def _print_table(results) -> None:
+    """A table on a terminal (percent); tab-separated fractions, as in the JSON, when piped. With
+    several models, one row per model and template set, led by the model columns."""
     percent = sys.stdout.isatty()
     unit = "%" if percent else "fraction"
-    header = ("template set", "templates", f"top-1 ({unit})", f"top-5 ({unit})", f"mean per-class recall ({unit})")
-    rows = [(r.templates, str(r.num_templates), _cell(r.acc1, percent), _cell(r.acc5, percent),
-             _cell(r.mean_per_class_recall, percent)) for r in result.results]
+    several = len(results) > 1
+    header = (("model", "pretrained") if several else ()) + (
+        "template set", "templates", f"top-1 ({unit})", f"top-5 ({unit})", f"mean per-class recall ({unit})")
+    rows = [((result.model, result.pretrained or "random init") if several else ()) + (
+             r.templates, str(r.num_templates), _cell(r.acc1, percent), _cell(r.acc5, percent),
+             _cell(r.mean_per_class_recall, percent)) for result in results for r in result.results]
+    first = results[0]
     if percent:
         from rich.console import Console
         from rich.table import Table
 
+        about = (f"{len(results)} models" if several
+                 else f"{first.model} ({first.pretrained or 'random init'})")
         table = Table(*header, show_edge=False, header_style="bold",
-                      caption=f"{result.dataset}: {result.num_images} images, {len(result.classnames)} classes, "
-                              f"{result.model} ({result.pretrained or 'random init'})")
-        for column in table.columns[1:]:
+                      caption=f"{first.dataset}: {first.num_images} images, {len(first.classnames)} classes, {about}")
+        for column in table.columns[(3 if several else 1):]:
             column.justify = "right"
         for row in rows:
             table.add_row(*row)
@@ -107,6 +163,7 @@ def _check_task_options(retrieval: bool, templates, labels, predictions, per_cla
 
 
 def eval_command(
+    ctx: typer.Context,
     dataset: Annotated[DatasetName, typer.Argument(show_default=False,
         help="imagenet (ImageNet-1k val, wnid folders), imagenetv2, imagenet_sketch, imagenet-r, imagenet-a, cifar10, "
              "cifar100, the CLIP paper's transfer sets through torchvision (food101 flowers pets dtd eurosat sun397 "
@@ -137,8 +194,8 @@ def eval_command(
     labels: Annotated[Optional[str], typer.Option("--labels", "-L", rich_help_panel=PROMPT_PANEL,
         help="Override the class names: a file with one label per class, in class-index order, or a built-in class set.")] = None,
     templates: EvalTemplatesOpt = None,
-    model: ModelOpt = DEFAULT_MODEL,
-    pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
+    model: ModelsOpt = None,
+    pretrained: PretrainedsOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.auto,
     batch_size: BatchOpt = None,
@@ -156,10 +213,11 @@ def eval_command(
     store: StoreOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Zero-shot accuracy (top-1, top-5, mean per-class recall) of a model on a labelled dataset,
-    for one or several template sets in one pass over the images. Images of folder, csv and
-    imagenet datasets already in the embedding store are not encoded again. On image-caption sets
-    (retrieval, or a wds folder of captions): image->text and text->image recall@k."""
+    """Zero-shot accuracy (top-1, top-5, mean per-class recall) of one or several models on a
+    labelled dataset, for one or several template sets in one pass over the images (decoded once
+    per distinct preprocessing). Images of folder, csv and imagenet datasets already in the
+    embedding store are not encoded again. On image-caption sets (retrieval, or a wds folder of
+    captions): image->text and text->image recall@k."""
     from ..data.captions import RetrievalDataset
     from ..data.catalog import DEFAULT_TEMPLATES, DOWNLOADABLE, IN_MEMORY, load_dataset
     from ..encode.embed import EmbedSettings
@@ -167,11 +225,11 @@ def eval_command(
     from ..output.report import check_report_path
     from ..output.writers import format_for_path
     from ..prompts import resolve_labels, resolve_templates
-    from ..tasks.evaluate import evaluate, write_per_class_file, write_predictions_file, write_results_json
+    from ..tasks.evaluate import evaluate_models, write_per_class_file, write_predictions_file, write_results_json
     from ..tasks.report import write_eval_report
 
     started = time.perf_counter()
-    result = None
+    results = None
     embeddings = None
     with cli_errors(quiet):
         where = _location(dataset, path, root)
@@ -207,20 +265,27 @@ def eval_command(
             data = data.with_classnames(resolve_labels(labels), f"--labels {labels}")
         data = data.limit(limit)
 
-        weights = resolve_weights(model, pretrained)
+        pairs = pair_models(model or [], pretrained or [], ctx.meta.get("zeroshot.argv"))
+        refs = [resolve_weights(m, p) for m, p in pairs]  # every name checked before any model loads
+        if retrieval and len(refs) > 1:
+            raise UsageError("eval retrieval takes one model at a time; give one -m/-p pair")
         if data.images is None:  # image files: the embedding store applies
             embeddings = command_store(store, no_cache, quiet)
-        with status(f"loading {model} ({pretrained or 'random init'})", quiet):
-            loaded = load_model(weights, device=device, precision=precision.value)
+        models = []
+        for (name, tag), ref in zip(pairs, refs):
+            with status(f"loading {name} ({tag or 'random init'})", quiet):
+                models.append(load_model(ref, device=device, precision=precision.value))
+        loaded = models[0]
         settings = EmbedSettings(batch_size, workers, max_pixels, fast_decode)
         if retrieval:
             from .retrieval import run_retrieval
 
-            result = run_retrieval(loaded, data, settings, recall_k, embeddings, output, quiet, started)
-            if result.skipped:
+            retrieved = run_retrieval(loaded, data, settings, recall_k, embeddings, output, quiet, started)
+            if retrieved.skipped:
                 raise typer.Exit(EXIT_PARTIAL)
             return
-        say(f"evaluating {len(data)} images, {len(data.classnames)} classes, "
+        several = f"{len(models)} models, " if len(models) > 1 else ""
+        say(f"evaluating {len(data)} images, {len(data.classnames)} classes, {several}"
             f"{len(template_sets)} template set(s) on {loaded.device} ({loaded.precision})", quiet)
 
         with Progress(quiet) as progress:
@@ -235,39 +300,43 @@ def eval_command(
             skip = progress.skipping
 
             try:
-                result = evaluate(loaded, data, template_sets, settings, cache=not no_cache,
-                                  on_text_progress=text_progress, on_image_progress=image_progress, on_skip=skip,
-                                  store=embeddings)
+                results = evaluate_models(models, data, template_sets, settings, cache=not no_cache,
+                                          on_text_progress=text_progress, on_image_progress=image_progress,
+                                          on_skip=skip, store=embeddings)
             finally:
                 if embeddings is not None:
                     embeddings.close()
 
-        _print_table(result)
+        _print_table(results)
         written = []
         if output is not None:
-            write_results_json(result, output)
+            write_results_json(results, output)
             written.append(str(output))
         if predictions is not None:
-            write_predictions_file(result, predictions, safe_csv=not raw_csv)
+            write_predictions_file(results, predictions, safe_csv=not raw_csv)
             written.append(str(predictions))
         if per_class is not None:
-            write_per_class_file(result, per_class, safe_csv=not raw_csv)
+            write_per_class_file(results, per_class, safe_csv=not raw_csv)
             written.append(str(per_class))
-        if html_report is not None:
+        result = results[0]
+        if html_report is not None:  # the first model's (several models: compare them in the table)
             with Progress(quiet) as progress:
                 write_eval_report(html_report, result, data, on_progress=progress.tracker("report"))
             written.append(str(html_report))
 
         encoded = int(result.encoded.sum())
-        summary = (f"evaluated {result.num_images} images ({len(result.classnames)} classes) in "
-                   f"{time.perf_counter() - started:.1f}s (images {result.image_seconds:.1f}s, "
-                   f"{rate_text(encoded, result.image_seconds) or '-'})")
+        image_seconds = sum(r.image_seconds for r in results)
+        summary = (f"evaluated {result.num_images} images ({len(result.classnames)} classes)"
+                   f"{f' with {len(results)} models' if len(results) > 1 else ''} in "
+                   f"{time.perf_counter() - started:.1f}s (images {image_seconds:.1f}s, "
+                   f"{rate_text(encoded, image_seconds) or '-'})")
         if embeddings is not None:
-            summary += f"; encoded {result.images_encoded}, {result.images_from_store} from the store"
+            summary += (f"; encoded {sum(r.images_encoded for r in results)}, "
+                        f"{sum(r.images_from_store for r in results)} from the store")
         if result.skipped:
             summary += f"; skipped {len(result.skipped)} unreadable image(s), counted as wrong"
         if written:
             summary += f"; wrote {', '.join(printable(w) for w in written)}"
         say(summary, quiet)
-    if result is not None and result.skipped:
+    if results and results[0].skipped:
         raise typer.Exit(EXIT_PARTIAL)

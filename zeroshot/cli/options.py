@@ -23,9 +23,19 @@ OutputFormat = Enum("OutputFormat", {name: name for name in ("auto", *FORMAT_NAM
 DatasetName = Enum("DatasetName", {name: name for name in DATASETS}, type=str)  # type: ignore[misc]
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", envvar="ZEROSHOT_MODEL", rich_help_panel=MODEL_PANEL,
-    help="open_clip architecture (ViT-B-32, ViT-L-14, ...) or hf-hub:org/name.")]
+    help="open_clip architecture (ViT-B-32, ViT-L-14, ...), hf-hub:org/name (open_clip on the hub), or "
+         "hf:org/name or hf:FOLDER (a transformers CLIP/SigLIP model; needs zeroshot[hf]).")]
 PretrainedOpt = Annotated[str, typer.Option("--pretrained", "-p", envvar="ZEROSHOT_PRETRAINED", rich_help_panel=MODEL_PANEL,
     help="Pretrained tag (openai, laion2b_s34b_b79k, ...) or a local checkpoint (.pt/.bin/.safetensors).")]
+ModelsOpt = Annotated[Optional[list[str]], typer.Option("--model", "-m", envvar="ZEROSHOT_MODEL",
+    rich_help_panel=MODEL_PANEL, show_default=False,
+    help="Model to evaluate (repeatable: every model x template set in one table): open_clip architecture, "
+         "hf-hub:org/name, or hf:org/name / hf:FOLDER (transformers CLIP/SigLIP; needs zeroshot[hf]). "
+         "Default: ViT-B-32.")]
+PretrainedsOpt = Annotated[Optional[list[str]], typer.Option("--pretrained", "-p", envvar="ZEROSHOT_PRETRAINED",
+    rich_help_panel=MODEL_PANEL, show_default=False,
+    help="Pretrained tag or checkpoint of the --model before it (-m A -p TAG -m B -p TAG, in pairs); a -m without "
+         "-p uses openai.")]
 DeviceOpt = Annotated[str, typer.Option("--device", "-d", envvar="ZEROSHOT_DEVICE", rich_help_panel=MODEL_PANEL,
     help="auto | cpu | cuda | cuda:N | mps. auto picks CUDA, then MPS, then CPU.")]
 PrecisionOpt = Annotated[Precision, typer.Option("--precision", envvar="ZEROSHOT_PRECISION", rich_help_panel=MODEL_PANEL,
