@@ -12,7 +12,7 @@ import typer
 from ..data.decode import DEFAULT_MAX_PIXELS
 from ..data.discover import IMAGE_EXTENSIONS
 from ..errors import UsageError
-from ..models import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from ..models import DEFAULT_PRETRAINED
 from .console import EXIT_PARTIAL, Progress, cli_errors, printable, rate_text, say, status
 from .options import (
     OUTPUT_PANEL,
@@ -45,7 +45,7 @@ def classify(
     label: Annotated[Optional[list[str]], typer.Option("--label", "-l", rich_help_panel=PROMPT_PANEL,
         help="A label (repeatable); adds to --labels.")] = None,
     templates: TemplatesOpt = "openai-80",
-    model: ModelOpt = DEFAULT_MODEL,
+    model: ModelOpt = None,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.auto,
@@ -118,7 +118,7 @@ def classify(
             raise UsageError("--store and --no-cache contradict each other: --no-cache uses no store")
         try:
             embeddings = command_store(store, no_cache, quiet)
-            with status(f"loading {model} ({pretrained or 'random init'})", quiet):
+            with status(f"loading {weights.name} ({pretrained or 'random init'})", quiet):
                 loaded = load_model(weights, device=device, precision=precision.value)
             model_seconds = time.perf_counter() - started
             with Progress(quiet) as progress:

@@ -15,7 +15,7 @@ import typer
 
 from ..data.decode import DEFAULT_MAX_PIXELS
 from ..errors import UsageError
-from ..models import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from ..models import DEFAULT_PRETRAINED
 from .console import EXIT_PARTIAL, Progress, cli_errors, printable, rate_text, say, status
 from .options import (
     DATASET_PANEL,
@@ -111,7 +111,7 @@ def eval_command(
     labels: Annotated[Optional[str], typer.Option("--labels", "-L", rich_help_panel=PROMPT_PANEL,
         help="Override the class names: a file with one label per class, in class-index order, or a built-in class set.")] = None,
     templates: EvalTemplatesOpt = None,
-    model: ModelOpt = DEFAULT_MODEL,
+    model: ModelOpt = None,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.auto,
@@ -169,7 +169,7 @@ def eval_command(
         files = dataset not in (DatasetName.cifar10, DatasetName.cifar100)
         if files:
             embeddings = command_store(store, no_cache, quiet)
-        with status(f"loading {model} ({pretrained or 'random init'})", quiet):
+        with status(f"loading {weights.name} ({pretrained or 'random init'})", quiet):
             loaded = load_model(weights, device=device, precision=precision.value)
         say(f"evaluating {len(data)} images, {len(data.classnames)} classes, "
             f"{len(template_sets)} template set(s) on {loaded.device} ({loaded.precision})", quiet)
