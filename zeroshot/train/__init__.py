@@ -1,42 +1,21 @@
 """Fine-tuning and few-shot heads for zeroshot models (optional: the library core never imports this).
 
-    from zeroshot.train import finetune, FinetuneSettings, clip_loss, wise_ft
+    from zeroshot.train import finetune, FinetuneSettings, load_training_data, clip_loss, wise_ft
+
+Importing this package loads torch (the names are imported eagerly: the function
+``finetune`` and its module ``zeroshot.train.finetune`` share a name).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .checkpoint import mix_files, save_finetuned, wise_ft
+from .data import TrainPairs, load_training_data, read_caption_manifest
+from .finetune import FinetuneResult, FinetuneSettings, Hooks, finetune
+from .loss import caption_groups, clip_loss, contrastive_loss, siglip_loss
+from .schedule import cosine_lr, param_groups
 
-_EXPORTS = {
-    "clip_loss": "loss",
-    "siglip_loss": "loss",
-    "contrastive_loss": "loss",
-    "caption_groups": "loss",
-    "cosine_lr": "schedule",
-    "param_groups": "schedule",
-    "TrainPairs": "data",
-    "read_caption_manifest": "data",
-    "load_training_data": "data",
-    "FinetuneSettings": "finetune",
-    "FinetuneResult": "finetune",
-    "finetune": "finetune",
-    "wise_ft": "checkpoint",
-    "mix_files": "checkpoint",
-    "save_finetuned": "checkpoint",
-    "FewshotHead": "fewshot",
-    "fit_head": "fewshot",
-    "load_head": "fewshot",
-    "save_head": "fewshot",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'zeroshot.train' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__all__ = [
+    "FinetuneResult", "FinetuneSettings", "Hooks", "TrainPairs", "caption_groups", "clip_loss", "contrastive_loss",
+    "cosine_lr", "finetune", "load_training_data", "mix_files", "param_groups", "read_caption_manifest",
+    "save_finetuned", "siglip_loss", "wise_ft",
+]
