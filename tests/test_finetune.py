@@ -7,12 +7,13 @@ import json
 
 import pytest
 import torch
-from conftest import COLOURS, cli_strict, make_image
 
 from zeroshot.errors import OutputError, UsageError
 from zeroshot.models import load_model
 from zeroshot.train import FinetuneSettings, finetune, load_training_data, mix_files, wise_ft
 from zeroshot.train.data import read_caption_manifest
+
+from conftest import COLOURS, cli_strict, make_image
 
 CLASSES = ["red", "green", "blue"]
 FAST = FinetuneSettings(epochs=1, batch_size=4, lr=1e-3, seed=3)
