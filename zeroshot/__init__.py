@@ -63,16 +63,18 @@ _EXPORTS = {
     "Store": "store.db",
     "search": "tasks.search",
     "Query": "tasks.search",
+    "LinearHead": "heads",
+    "read_head": "heads",
 }
 
 __all__ = [
     "__version__", "ClassWeightCache", "EmbedSettings", "Embedded", "EvalDataset", "EvalResult",
-    "FORMATS", "ImageError", "LoadedModel", "Metrics", "ModelLoadError", "OutputError",
+    "FORMATS", "ImageError", "LinearHead", "LoadedModel", "Metrics", "ModelLoadError", "OutputError",
     "Prediction", "Query", "RankSettings", "RunStats", "SortPlan", "SortResult", "Store",
     "TemplateSet", "UsageError", "ZeroShotClassifier", "ZeroshotError", "build_class_weights",
     "classify_to_file", "compute_metrics", "discover", "embed_images", "encode_prompts", "evaluate",
     "execute_sort", "folder_name", "list_pretrained_models", "load_dataset", "load_model",
-    "open_image", "plan_sort", "resolve_labels", "resolve_templates", "resolve_weights", "search",
+    "open_image", "plan_sort", "read_head", "resolve_labels", "resolve_templates", "resolve_weights", "search",
     "sort_images", "to_dataframe", "undo_sort", "write_predictions",
 ]
 
@@ -98,6 +100,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .encode.embed import Embedded, EmbedSettings, embed_images
     from .encode.text import build_class_weights, encode_prompts
     from .errors import ImageError, ModelLoadError, OutputError, UsageError, ZeroshotError
+    from .heads import LinearHead, read_head
     from .metrics import Metrics, compute_metrics
     from .models import LoadedModel, list_pretrained_models, load_model, resolve_weights
     from .output.rows import Prediction, to_dataframe
