@@ -7,9 +7,10 @@ import json
 
 import pytest
 import torch
-from conftest import COLOURS, cli_strict, make_image, save_random_model
 
 from zeroshot.train.fewshot import fit_linear, sample_shots
+
+from conftest import COLOURS, cli_strict, make_image, save_random_model
 
 CLASSES = ["red", "green", "blue"]
 
