@@ -109,3 +109,27 @@ def test_head_refuses_another_model_and_labels(tiny_ckpt, labelled, tmp_path):
     (tmp_path / "plain.safetensors").write_bytes(out.read_bytes())
     result = cli_strict("classify", labelled, "--head", tmp_path / "plain.safetensors", "-q")
     assert result.exit_code == 2 and "no plain.safetensors.json beside it" in result.stderr
+
+
+def test_eval_shots_reports_zero_and_few_shot_on_the_same_held_out_images(tiny_ckpt, tmp_path):
+    root = tmp_path / "evalset"
+    for name, colour in zip(CLASSES, COLOURS):
+        for i in range(4):
+            make_image(root / name / f"{i}.png", tuple((c + 20 * i) % 256 for c in colour), size=(40, 40))
+    out = tmp_path / "r.json"
+    result = cli_strict("eval", "folder", root, "--shots", "1,2", "-t", "photo", "-m", "zs-tiny", "-p", tiny_ckpt,
+                        "-d", "cpu", "-j", "0", "--no-cache", "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    assert "shots\ttrain images\ttest images\tzero-shot top-1\tfew-shot top-1" in result.stdout
+    curve = json.loads(out.read_text())["fewshot"]["results"]
+    # The pool is 2 images per class (the largest K), never scored: 12 - 6 = 6 test images for every K.
+    assert [(r["shots"], r["train_images"], r["test_images"]) for r in curve] == [(1, 3, 6), (2, 6, 6)]
+    assert curve[0]["zero_shot_top1"] == curve[1]["zero_shot_top1"]
+
+    # --shots-from: K per class from another labelled set, all 12 images scored.
+    result = cli_strict("eval", "folder", root, "--shots", "1", "--shots-from", root, "-t", "photo", "-m", "zs-tiny",
+                        "-p", tiny_ckpt, "-d", "cpu", "-j", "0", "--no-cache", "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    assert [(r["train_images"], r["test_images"]) for r in json.loads(out.read_text())["fewshot"]["results"]] == [(3, 12)]
+    result = cli_strict("eval", "folder", root, "--shots", "0,x", "-m", "zs-tiny", "-p", tiny_ckpt, "-q")
+    assert result.exit_code == 2 and "--shots" in result.stderr

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,10 @@ class EvalResult:
     precision: str = "fp32"
     images_encoded: int = 0  # run through the model in this run
     images_from_store: int = 0  # read from the embedding store
+    # The image embeddings ([N, dim], zeros where not encoded) and the first template set's class
+    # weights, kept for further analysis of the same run (e.g. few-shot heads); not in as_dict.
+    features: torch.Tensor | None = field(default=None, repr=False)
+    class_weights: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def metrics(self) -> Metrics:
@@ -256,6 +260,8 @@ def evaluate(
         precision=loaded.precision,
         images_encoded=reuse.encoded,
         images_from_store=reuse.from_store,
+        features=features,
+        class_weights=weights[0],
     )
 
 
@@ -309,9 +315,10 @@ def _embed_dim(loaded: LoadedModel) -> int:
 # ======================================================================================== files
 
 
-def write_results_json(result: EvalResult, path: str | os.PathLike) -> None:
-    """The results JSON (CLIP_benchmark keys plus ours), written atomically (``--output``)."""
-    write_json_document(result.as_dict(), Path(path), "--output")
+def write_results_json(result: EvalResult, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> None:
+    """The results JSON (CLIP_benchmark keys plus ours, plus ``extra`` keys such as the
+    few-shot curve of ``eval --shots``), written atomically (``--output``)."""
+    write_json_document({**result.as_dict(), **(extra or {})}, Path(path), "--output")
 
 
 def write_predictions_file(result: EvalResult, path: str | os.PathLike, safe_csv: bool = True) -> None:

@@ -148,3 +148,85 @@ def save_head(head: LinearHead, path: str | os.PathLike, option: str = "--out") 
     if out.suffix.lower() != ".safetensors":
         raise UsageError(f"{option} {out}: the head is written as safetensors; name the file *.safetensors")
     return write_weights(out, {"weight": head.weight, "bias": head.bias}, head_sidecar(head), option)
+
+
+# -------------------------------------------------------------------- eval --shots (k-shot curve)
+
+
+@dataclass
+class ShotResult:
+    """Zero-shot and k-shot top-1 on the same test images."""
+
+    shots: int
+    zero_shot: float
+    few_shot: float
+    train_images: int
+    test_images: int
+
+    def as_dict(self) -> dict:
+        return {"shots": self.shots, "zero_shot_top1": self.zero_shot, "few_shot_top1": self.few_shot,
+                "train_images": self.train_images, "test_images": self.test_images}
+
+
+def _top1(features: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+          log_scale: float) -> float:
+    if not len(targets):
+        return float("nan")
+    logits = float(torch.tensor(log_scale).exp()) * normalize(features.float()) @ weight.float().T
+    if bias is not None:
+        logits = logits + bias.float()
+    return float((logits.argmax(1) == targets).float().mean())
+
+
+def _seeded_order(targets: Sequence[int], candidates: Sequence[int], seed: int) -> dict[int, list[int]]:
+    """Per class, its candidate indices in a seeded random order."""
+    by_class: dict[int, list[int]] = {}
+    for i in candidates:
+        by_class.setdefault(int(targets[i]), []).append(i)
+    rng = random.Random(seed)
+    for members in by_class.values():
+        rng.shuffle(members)
+    return by_class
+
+
+def shots_curve(
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    usable: torch.Tensor,
+    zero_shot: torch.Tensor,
+    log_scale: float,
+    shots: Sequence[int] = (1, 2, 4, 8, 16),
+    seed: int = 0,
+    reg: float = DEFAULT_REG,
+    pool: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> list[ShotResult]:
+    """Zero-shot vs k-shot top-1 for every k in ``shots``.
+
+    Without ``pool`` (one labelled set): per class, a seeded random order of its usable images;
+    the first ``min(max(shots), n_c - 1)`` of each class form the few-shot pool and are never
+    scored; the k-shot head is fitted on the first ``k`` of the pool (nested samples), and every
+    k and the zero-shot column are scored on the same remaining images. With ``pool``
+    (``(features, targets)`` of a separate training set, ``--shots-from``) the k images per class
+    are sampled from it (seeded) and every usable image of the evaluated set is scored."""
+    if not shots or min(shots) < 1:
+        raise UsageError("--shots: give positive shot counts, e.g. 1,2,4,8,16")
+    top = max(shots)
+    usable_rows = [i for i in range(len(targets)) if bool(usable[i])]
+    if pool is None:
+        order = _seeded_order(targets.tolist(), usable_rows, seed)
+        picked = {c: members[:min(top, len(members) - 1)] for c, members in order.items()}
+        held = {i for members in picked.values() for i in members}
+        test = [i for i in usable_rows if i not in held]
+        train_x, train_y = features, targets
+    else:
+        train_x, train_y = pool
+        picked = _seeded_order(train_y.tolist(), range(len(train_y)), seed)
+        test = usable_rows
+    test_x, test_y = features[test], targets[test]
+    zero = _top1(test_x, test_y, zero_shot, None, log_scale)
+    results = []
+    for k in sorted(set(shots)):
+        rows = sorted(i for members in picked.values() for i in members[:k])
+        w, b = fit_linear(train_x[rows], train_y[rows], zero_shot, log_scale, reg)
+        results.append(ShotResult(k, zero, _top1(test_x, test_y, w, b, log_scale), len(rows), len(test)))
+    return results
