@@ -229,3 +229,33 @@ def test_unwritable_output_is_one_line_error(tiny_ckpt, tmp_path):
     # /proc refuses new files even to root: the write fails and nothing is left behind.
     with pytest.raises(OutputError, match="^--out /proc/x.safetensors: cannot write"):
         mix_files(start, start, 0.5, "/proc/x.safetensors")
+
+
+def test_best_held_out_epoch_is_what_gets_saved(tiny_ckpt, data_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from zeroshot.train import Hooks
+
+    loaded = fresh(tiny_ckpt)
+    seen = {}
+
+    def remember(stats):  # the weights at the end of every epoch, before the best is chosen
+        seen[stats.epoch] = state(loaded)
+
+    out = tmp_path / "best.safetensors"
+    settings = FinetuneSettings(epochs=3, batch_size=4, lr=3e-2, lock_text=True, val_fraction=0.3, patience=1, seed=2)
+    result = finetune(loaded, load_training_data(data_dir, templates="photo"), out, settings, hooks=Hooks(on_epoch=remember))
+    accuracies = [h.accuracy for h in result.history]
+    assert result.best_accuracy == max(accuracies) and result.best_epoch == 1 + accuracies.index(max(accuracies))
+    assert equal(load_file(str(out)), seen[result.best_epoch])
+    assert result.stopped == ("early-stopped" if len(result.history) < 3 else "finished")
+
+
+def test_sigmoid_model_trains_its_bias(tiny_sigmoid_ckpt, data_dir):
+    loaded = load_model("zs-tiny-sigmoid", str(tiny_sigmoid_ckpt), device="cpu", precision="fp32")
+    before = state(loaded)
+    finetune(loaded, load_training_data(data_dir, templates="photo"), None,
+             FinetuneSettings(epochs=1, batch_size=4, lr=1e-2, lock_text=True, lock_image=True))
+    after = state(loaded)
+    assert not torch.equal(before["logit_bias"], after["logit_bias"])
+    assert equal(before, after, [k for k in before if k not in ("logit_bias", "logit_scale")])

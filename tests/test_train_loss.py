@@ -95,3 +95,32 @@ def test_distinct_captions_give_exactly_the_plain_loss():
     assert caption_groups([f"c{i}" for i in range(6)]) is None
     assert torch.equal(clip_loss(img, txt, t, ids), clip_loss(img, txt, t))
     assert torch.equal(siglip_loss(img, txt, t, b, ids), siglip_loss(img, txt, t, b))
+
+
+def test_schedule_warms_up_then_follows_a_half_cosine():
+    from zeroshot.train.schedule import cosine_lr
+
+    assert [cosine_lr(s, 1.0, 4, 14) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    for step in range(4, 15):
+        assert cosine_lr(step, 2.0, 4, 14) == pytest.approx(0.5 * (1 + math.cos(math.pi * (step - 4) / 10)) * 2.0)
+    assert cosine_lr(14, 2.0, 4, 14) == pytest.approx(0.0)
+
+
+def test_no_weight_decay_on_gains_biases_and_temperature(tiny_loaded):
+    from zeroshot.train.schedule import param_groups
+
+    net = tiny_loaded.model
+    for p in net.parameters():
+        p.requires_grad_(True)
+    try:
+        decay, plain = param_groups(net, 0.1)
+        names = {id(p): n for n, p in net.named_parameters()}
+        decayed = {names[id(p)] for p in decay["params"]}
+        free = {names[id(p)] for p in plain["params"]}
+        assert decay["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+        assert {"logit_scale", "ln_final.weight", "ln_final.bias", "visual.class_embedding"} <= free
+        assert {"visual.conv1.weight", "text_projection", "token_embedding.weight"} <= decayed
+        assert all(p.ndim >= 2 for p in decay["params"]) and not decayed & free
+    finally:
+        for p in net.parameters():
+            p.requires_grad_(False)
