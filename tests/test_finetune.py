@@ -259,3 +259,21 @@ def test_sigmoid_model_trains_its_bias(tiny_sigmoid_ckpt, data_dir):
     after = state(loaded)
     assert not torch.equal(before["logit_bias"], after["logit_bias"])
     assert equal(before, after, [k for k in before if k not in ("logit_bias", "logit_scale")])
+
+
+def test_caption_manifest_with_accumulation_and_checkpointing(tiny_ckpt, data_dir, tmp_path):
+    """A TSV in open_clip_train's format (repeated captions are positives of each other);
+    gradient checkpointing changes memory, not the result."""
+    images = sorted(data_dir.rglob("*.png"))[:5]
+    lines = [f"{p}\ta {p.parent.name} square" for p in images]
+    (tmp_path / "train.tsv").write_text("filepath\ttitle\n" + "\n".join(lines) + "\n")
+    pairs = load_training_data(tmp_path / "train.tsv")
+    assert not pairs.labelled and pairs.caption(0) == "a blue square"
+    settings = FinetuneSettings(epochs=1, batch_size=2, accum=2, lr=1e-3, lock_text=True)
+    plain, checkpointed = fresh(tiny_ckpt), fresh(tiny_ckpt)
+    result = finetune(plain, pairs, None, settings)
+    assert result.steps == 2  # 3 batches of 2 (the last of 1), 2 per optimiser step
+    finetune(checkpointed, load_training_data(tmp_path / "train.tsv"), None,
+             FinetuneSettings(**{**settings.__dict__, "grad_checkpointing": True}))
+    for key, value in state(plain).items():
+        torch.testing.assert_close(state(checkpointed)[key], value, rtol=0, atol=1e-6)

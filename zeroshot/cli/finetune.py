@@ -13,6 +13,7 @@ from ..errors import UsageError
 from ..models import DEFAULT_PRETRAINED
 from .console import Progress, cli_errors, printable, say, status
 from .options import (
+    MODEL_PANEL,
     DeviceOpt,
     HiddenOpt,
     MaxPixelsOpt,
@@ -36,7 +37,7 @@ def finetune(
         help="The fine-tuned weights (.safetensors) ; OUT.json beside it names the architecture, so "
              "classify/eval/index/search take --pretrained OUT alone.")] = None,
     model: ModelOpt = None,
-    pretrained: Annotated[str, typer.Option("--pretrained", "-p", envvar="ZEROSHOT_PRETRAINED",
+    pretrained: Annotated[str, typer.Option("--pretrained", "-p", envvar="ZEROSHOT_PRETRAINED", rich_help_panel=MODEL_PANEL,
         help="Starting weights: a pretrained tag, a checkpoint file, or none (random init).")] = DEFAULT_PRETRAINED,
     templates: Annotated[str, typer.Option("--templates", "-t", rich_help_panel=DATA_PANEL,
         help="Labelled data: templates that turn class names into captions (one chosen at random per image "
@@ -83,7 +84,8 @@ def finetune(
         help="Stop after N optimiser steps in total, checkpointed (continue with --resume).")] = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.auto,
-    workers: Annotated[int, typer.Option("--workers", "-j", min=0, help="Image decoding processes.")] = 0,
+    workers: Annotated[int, typer.Option("--workers", "-j", min=0, rich_help_panel=MODEL_PANEL,
+        help="Image decoding processes (0: in the main process).")] = 0,
     hidden: HiddenOpt = False,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     quiet: QuietOpt = False,
