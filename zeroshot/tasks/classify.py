@@ -34,7 +34,7 @@ from ..encode.embed import EmbedSettings
 from ..encode.text import Progress, build_class_weights
 from ..errors import UsageError
 from ..heads import LinearHead
-from ..models import DEFAULT_MODEL, DEFAULT_PRETRAINED, LoadedModel, load_model
+from ..models import DEFAULT_PRETRAINED, LoadedModel, load_model
 from ..output.journal import ResumableOutput, fingerprint
 from ..output.rows import Prediction, to_dataframe
 from ..output.writers import Format, check_writable, choose_format, write_predictions
@@ -98,13 +98,17 @@ class ZeroShotClassifier:
     for the default one): image files it holds are not encoded again, the others are encoded
     and added to it. Vectors then have the store's precision (float16 by default: probabilities
     within about 1e-3 of a fresh float32 encode). Default: no store.
+
+    ``model`` None is ViT-B-32, or the architecture named by the sidecar of a ``pretrained`` file
+    written by ``zeroshot finetune``. ``head`` (a :class:`~zeroshot.heads.LinearHead`, e.g. from
+    ``read_head``) replaces the text side: its labels and weights, softmax probabilities.
     """
 
     def __init__(
         self,
         labels: Sequence[str],
         templates: str | TemplateSet | Sequence[str] = "openai-80",
-        model: str | LoadedModel = DEFAULT_MODEL,
+        model: str | LoadedModel | None = None,
         pretrained: str | None = DEFAULT_PRETRAINED,
         device: str = "auto",
         precision: str = "auto",
