@@ -67,7 +67,7 @@ def test_locked_tower_does_not_change(tiny_ckpt, data_dir, lock):
 
 
 def test_resumed_run_ends_with_the_same_weights(tiny_ckpt, data_dir, tmp_path):
-    settings = FinetuneSettings(epochs=2, batch_size=4, lr=1e-3, seed=1)
+    settings = FinetuneSettings(epochs=2, batch_size=4, lr=1e-3, seed=1, lock_text=True)
     whole = fresh(tiny_ckpt)
     finetune(whole, load_training_data(data_dir, templates="openai-7"), tmp_path / "a.safetensors", settings)
 
