@@ -13,6 +13,7 @@ from ..errors import UsageError
 from ..models import DEFAULT_PRETRAINED
 from .console import EXIT_PARTIAL, Progress, cli_errors, printable, say, status
 from .options import (
+    INPUT_PANEL,
     BatchOpt,
     DeviceOpt,
     HiddenOpt,
@@ -41,7 +42,7 @@ def fewshot(
     shots: Annotated[Optional[int], typer.Option("--shots", "-k", min=1, rich_help_panel=HEAD_PANEL,
         help="Use only K images per class (seeded sample; default: all of DATA).")] = None,
     seed: Annotated[int, typer.Option("--seed", rich_help_panel=HEAD_PANEL, help="Seed of the --shots sample.")] = 0,
-    classnames: Annotated[Optional[Path], typer.Option("--classnames", dir_okay=False,
+    classnames: Annotated[Optional[Path], typer.Option("--classnames", dir_okay=False, rich_help_panel=INPUT_PANEL,
         help="File mapping folder (or label) -> class name.")] = None,
     templates: TemplatesOpt = "openai-80",
     model: ModelOpt = None,
