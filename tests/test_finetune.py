@@ -277,3 +277,24 @@ def test_caption_manifest_with_accumulation_and_checkpointing(tiny_ckpt, data_di
              FinetuneSettings(**{**settings.__dict__, "grad_checkpointing": True}))
     for key, value in state(plain).items():
         torch.testing.assert_close(state(checkpointed)[key], value, rtol=0, atol=1e-6)
+
+
+def test_ctrl_c_checkpoints_the_last_step_and_resume_finishes_the_same(tiny_ckpt, data_dir, tmp_path):
+    from zeroshot.train import Hooks
+
+    settings = FinetuneSettings(epochs=1, batch_size=4, lr=1e-3, lock_text=True, checkpoint_every=0)
+    whole = fresh(tiny_ckpt)
+    finetune(whole, load_training_data(data_dir, templates="photo"), None, settings)
+
+    def interrupt(info):
+        if info.step == 2:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "i.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(fresh(tiny_ckpt), load_training_data(data_dir, templates="photo"), out, settings,
+                 hooks=Hooks(on_step=interrupt))
+    assert (tmp_path / "i.safetensors.ckpt").exists() and not out.exists()
+    resumed = fresh(tiny_ckpt)
+    result = finetune(resumed, load_training_data(data_dir, templates="photo"), out, settings, resume=True)
+    assert result.steps == 3 and equal(state(whole), state(resumed))
