@@ -150,7 +150,10 @@ def mix_files(first: str | os.PathLike, second: str | os.PathLike, alpha: float,
     a, b = Path(first).expanduser(), Path(second).expanduser()
     target = check_output(out)
     mixed = wise_ft(_read_state(a, "--mix"), _read_state(b, "--mix"), alpha)
-    sides = [s for s in (read_sidecar(b), read_sidecar(a)) if s is not None]
+    try:
+        sides = [s for s in (read_sidecar(b), read_sidecar(a)) if s is not None]
+    except ValueError as err:  # a damaged sidecar
+        raise ModelLoadError(f"--mix: {err}") from None
     if len(sides) == 2 and sides[0]["architecture"] != sides[1]["architecture"]:
         raise UsageError(f"--mix: {a} is a {sides[1]['architecture']} and {b} a {sides[0]['architecture']}; "
                          "mix only checkpoints of the same architecture")
