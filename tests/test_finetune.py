@@ -165,9 +165,17 @@ def test_sidecar_carries_an_unregistered_architecture(tiny_ckpt, tmp_path):
     side = json.loads((tmp_path / "custom.safetensors.json").read_text())
     side["architecture"] = "my-private-arch"
     (tmp_path / "custom.safetensors.json").write_text(json.dumps(side))
-    again = load_model(None, str(out), device="cpu", precision="fp32")
-    assert again.name == "my-private-arch"
-    assert equal(state(loaded), state(again))
+    import open_clip
+
+    try:
+        again = load_model(None, str(out), device="cpu", precision="fp32")
+        assert again.name == "my-private-arch" and "my-private-arch" in open_clip.list_models()
+        assert equal(state(loaded), state(again))
+    finally:  # registered for this process: leave other tests' architecture lists as they were
+        paths = open_clip.factory._MODEL_CONFIG_PATHS
+        paths[:] = [p for p in paths if "zeroshot-arch-" not in str(p)]
+        open_clip.factory._MODEL_CONFIGS.pop("my-private-arch", None)
+    assert "my-private-arch" not in open_clip.list_models()
 
 
 def test_caption_manifests(tmp_path, data_dir):
