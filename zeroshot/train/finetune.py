@@ -387,6 +387,7 @@ def finetune(
     settings.check()
     hooks = hooks or Hooks()
     target = check_output(out) if out is not None else None
+    arch = _arch_of(loaded) if target is not None else loaded.name  # refused before any training
     ckpt = Path(checkpoint) if checkpoint is not None else (default_checkpoint(target) if target else None)
     if resume and ckpt is None:
         raise UsageError("--resume needs --out (the checkpoint is OUT.ckpt) or a checkpoint path")
@@ -433,7 +434,7 @@ def finetune(
                 "start_accuracy": run.start_accuracy, "best_accuracy": run.best_accuracy,
                 "history": [asdict(h) for h in run.history], "stopped": stopped, "steps": run.step,
             }
-            result.output = save_finetuned(net, target, _arch_of(loaded), provenance, state=final)
+            result.output = save_finetuned(net, target, arch, provenance, state=final)
         if ckpt is not None and ckpt.exists():
             ckpt.unlink()
         return result
