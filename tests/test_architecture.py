@@ -15,12 +15,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "zeroshot"
 # Lower layers never import higher ones (the CLI is a client of everything, nothing imports it).
 LAYERS = [
     {"_version", "errors", "precision", "prompts", "scoring", "metrics"},
-    {"checkpoints", "models", "hf"},
+    {"checkpoints", "models", "hf", "heads"},
     {"data"},
     {"encode"},
     {"output"},
     {"store"},
     {"tasks"},
+    {"train"},  # optional: fine-tuning and few-shot heads sit beside the library, which never imports them
     {"cli", "__main__"},
 ]
 
@@ -99,6 +100,14 @@ def test_layers_point_one_way():
     offenders = [f"{name} (layer {layer(name)}) imports {target} (layer {layer(target)})"
                  for name, path in all_modules().items() if name != "zeroshot"
                  for target, _ in imports_of(path) if target != "zeroshot" and layer(target) > layer(name)]
+    assert not offenders, offenders
+
+
+def test_the_library_core_never_imports_train():
+    """``zeroshot.train`` is optional: only the CLI (and train itself) may import it, even lazily."""
+    offenders = [f"{name} imports {target}" for name, path in all_modules().items()
+                 if not name.startswith(("zeroshot.train", "zeroshot.cli"))
+                 for target, _ in imports_of(path) if target.startswith("zeroshot.train")]
     assert not offenders, offenders
 
 

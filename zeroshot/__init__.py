@@ -71,16 +71,18 @@ _EXPORTS = {
     "RetrievalDataset": "data.captions",
     "RetrievalResult": "tasks.retrieval",
     "evaluate_retrieval": "tasks.retrieval",
+    "LinearHead": "heads",
+    "read_head": "heads",
 }
 
 __all__ = [
     "__version__", "ClassWeightCache", "EmbedSettings", "Embedded", "EvalDataset", "EvalResult",
-    "FORMATS", "ImageError", "LoadedModel", "Metrics", "ModelLoadError", "OutputError",
+    "FORMATS", "ImageError", "LinearHead", "LoadedModel", "Metrics", "ModelLoadError", "OutputError",
     "Prediction", "Query", "RankSettings", "RunStats", "SortPlan", "SortResult", "Store",
     "TemplateSet", "UsageError", "ZeroShotClassifier", "ZeroshotError", "build_class_weights",
     "classify_to_file", "compute_metrics", "discover", "embed_images", "encode_prompts", "evaluate",
     "execute_sort", "folder_name", "list_pretrained_models", "load_dataset", "load_model",
-    "open_image", "plan_sort", "resolve_labels", "resolve_templates", "resolve_weights", "search",
+    "open_image", "plan_sort", "read_head", "resolve_labels", "resolve_templates", "resolve_weights", "search",
     "sort_images", "to_dataframe", "undo_sort", "write_predictions",
     "ReportItem", "write_report", "write_eval_report",
     "RetrievalDataset", "RetrievalResult", "evaluate_retrieval",
@@ -111,6 +113,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .encode.embed import Embedded, EmbedSettings, embed_images, embed_images_many
     from .encode.text import build_class_weights, encode_prompts
     from .errors import ImageError, ModelLoadError, OutputError, UsageError, ZeroshotError
+    from .heads import LinearHead, read_head
     from .metrics import Metrics, compute_metrics
     from .models import LoadedModel, list_pretrained_models, load_model, resolve_weights
     from .output.report import ReportItem, write_report

@@ -218,3 +218,32 @@ def describe_mismatch(shapes: Shapes, expected: Shapes, arch: str, fits: list[st
         hint = ("no known architecture has exactly these keys and shapes: check --model, or register the "
                 "model's config with ZEROSHOT_MODEL_CONFIGS")
     return f"the checkpoint does not fit this architecture (--model {arch}): {'; '.join(parts)}; {hint}"
+
+
+# ------------------------------------------------------------------- fine-tuned weights' sidecar
+
+SIDECAR_FORMAT = "zeroshot-weights/1"
+
+
+def sidecar_path(weights: Path) -> Path:
+    """The JSON file beside a weights file that names its architecture: ``FILE.json``."""
+    return weights.with_name(weights.name + ".json")
+
+
+def read_sidecar(weights: Path) -> dict | None:
+    """The sidecar of ``weights`` (written by ``zeroshot finetune``), or None when there is none.
+    A sidecar that is not ours or is damaged is an error (ValueError with a one-line reason)."""
+    import json
+
+    path = sidecar_path(Path(weights))
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: unreadable sidecar ({err}); delete it or pass --model") from None
+    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+        return None  # some other tool's JSON: ignored
+    if not isinstance(data.get("architecture"), str) or not isinstance(data.get("model_config"), dict):
+        raise ValueError(f"{path}: sidecar without 'architecture' and 'model_config'; write it again")
+    return data

@@ -27,6 +27,8 @@ from .checkpoints import (
     describe_mismatch,
     fitting_architectures,
     model_shapes,
+    read_sidecar,
+    sidecar_path,
     sniff,
 )
 from .errors import ModelLoadError, UsageError
@@ -301,18 +303,55 @@ class WeightsRef:
     backend: str = "open_clip"  # or "transformers" (hf: models; create_args holds the folder)
 
 
-def resolve_weights(model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED) -> WeightsRef:
+def sidecar_of(pretrained: str | None) -> dict | None:
+    """The sidecar (``FILE.json``, written by ``zeroshot finetune``) of a ``--pretrained`` file."""
+    if not pretrained or not Path(pretrained.strip()).expanduser().is_file():
+        return None
+    try:
+        return read_sidecar(Path(pretrained.strip()).expanduser())
+    except ValueError as err:
+        raise ModelLoadError(f"--pretrained {pretrained}: {err}") from None
+
+
+def _register_sidecar_arch(sidecar: dict) -> str:
+    """The sidecar's architecture, registered with open_clip from its recorded config when this
+    installation does not know it (or knows a different config under that name)."""
+    import hashlib
+    import json
+    import tempfile
+
+    import open_clip
+
+    arch = sidecar["architecture"]
+    if open_clip.get_model_config(arch) == sidecar["model_config"]:
+        return arch
+    if open_clip.get_model_config(arch) is not None:  # same name, other shapes: a distinct name
+        digest = hashlib.sha256(json.dumps(sidecar["model_config"], sort_keys=True).encode()).hexdigest()[:10]
+        arch = f"{arch}-{digest}"
+    folder = Path(tempfile.mkdtemp(prefix="zeroshot-arch-"))
+    (folder / f"{arch}.json").write_text(json.dumps(sidecar["model_config"]), "utf-8")
+    open_clip.add_model_config(str(folder / f"{arch}.json"))
+    return arch
+
+
+def resolve_weights(model: str | None = None, pretrained: str | None = DEFAULT_PRETRAINED) -> WeightsRef:
     """Check ``model``/``pretrained`` and say which weights they name (fast: nothing is loaded).
 
-    Raises :class:`UsageError` for unknown names and :class:`ModelLoadError` when the weights
-    are neither cached nor downloadable."""
+    ``model`` None means the architecture named by the sidecar of a ``pretrained`` file written
+    by ``zeroshot finetune`` (``FILE.json``), else :data:`DEFAULT_MODEL`; a given ``model`` that
+    disagrees with the sidecar is an error. Raises :class:`UsageError` for unknown names and
+    :class:`ModelLoadError` when the weights are neither cached nor downloadable."""
     import open_clip
 
     from .hf import is_hf_model  # torch and (lazily) transformers live there
 
-    if not model.startswith(HF_HUB_PREFIX) and is_hf_model(model):
+    if model is not None and not model.startswith(HF_HUB_PREFIX) and is_hf_model(model):
         return _resolve_hf(model)
     register_model_configs()
+    sidecar = sidecar_of(pretrained)
+    if sidecar is not None:
+        return _sidecar_weights(model, str(pretrained).strip(), sidecar)
+    model = DEFAULT_MODEL if model is None else model
     kwargs: dict[str, Any] = {}
     if model.startswith(HF_HUB_PREFIX):
         repo_id = model[len(HF_HUB_PREFIX):]
@@ -388,16 +427,31 @@ def _resolve_hf(model: str) -> WeightsRef:
     return WeightsRef(model, model, "", weights_id, f"--model {model}", (str(folder),), backend="transformers")
 
 
+def _sidecar_weights(model: str | None, pretrained: str, sidecar: dict) -> WeightsRef:
+    """The reference of a fine-tuned weights file: architecture and preprocessing from its sidecar."""
+    named = sidecar["architecture"]
+    if model is not None and model.strip().replace("/", "-").lower() != named.lower():
+        raise UsageError(f"--model {model} disagrees with {sidecar_path(Path(pretrained)).name}, which says the "
+                         f"weights are a {named}; drop --model (the file names its architecture)")
+    arch = _register_sidecar_arch(sidecar)
+    path = Path(pretrained).expanduser()
+    check_checkpoint_file(path, f"--pretrained {path}")
+    kwargs = _preprocess_kwargs(sidecar.get("preprocess") or {})
+    return WeightsRef(named, arch, pretrained, file_identity(path), f"--pretrained {path}", (arch, str(path)),
+                      tuple(kwargs.items()), checkpoint=str(path))
+
+
 def load_model(
-    model: str | WeightsRef = DEFAULT_MODEL,
+    model: str | WeightsRef | None = None,
     pretrained: str | None = DEFAULT_PRETRAINED,
     device: str | torch.device = "auto",
     precision: str = "auto",
 ) -> LoadedModel:
     """Load an open_clip model with its tokenizer and inference preprocessing, ready to run.
 
-    ``model`` is an architecture (``ViT-B-32``), ``hf-hub:org/name`` or a :class:`WeightsRef`
-    from :func:`resolve_weights`; ``pretrained`` is a tag (``openai``), a local checkpoint file,
+    ``model`` is an architecture (``ViT-B-32``), ``hf-hub:org/name``, a :class:`WeightsRef`
+    from :func:`resolve_weights`, or None (the architecture a fine-tuned file's sidecar names,
+    else :data:`DEFAULT_MODEL`); ``pretrained`` is a tag (``openai``), a local checkpoint file,
     or None for random weights (testing only; an empty string is an error).
     """
     import open_clip

@@ -17,6 +17,8 @@ from typer.core import TyperGroup
 from .._version import __version__
 from . import classify as classify_cmd
 from . import evaluate as evaluate_cmd
+from . import fewshot as fewshot_cmd
+from . import finetune as finetune_cmd
 from . import index as index_cmd
 from . import models as models_cmd
 from . import search as search_cmd
@@ -141,6 +143,8 @@ app.command("models", context_settings=HELP_OPTIONS)(models_cmd.models)
 app.command("index", context_settings=HELP_OPTIONS)(index_cmd.index)
 app.command("sort", context_settings=HELP_OPTIONS)(sort_cmd.sort)
 app.command("search", context_settings=HELP_OPTIONS)(search_cmd.search)
+app.command("finetune", context_settings=HELP_OPTIONS)(finetune_cmd.finetune)
+app.command("fewshot", context_settings=HELP_OPTIONS)(fewshot_cmd.fewshot)
 app.add_typer(store_app, name="store")
 app.add_typer(templates_app, name="templates")
 

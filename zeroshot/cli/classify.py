@@ -12,7 +12,7 @@ import typer
 from ..data.decode import DEFAULT_MAX_PIXELS
 from ..data.discover import IMAGE_EXTENSIONS
 from ..errors import UsageError
-from ..models import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from ..models import DEFAULT_PRETRAINED
 from .console import EXIT_PARTIAL, Progress, cli_errors, printable, rate_text, say, status
 from .options import (
     OUTPUT_PANEL,
@@ -46,7 +46,7 @@ def classify(
     label: Annotated[Optional[list[str]], typer.Option("--label", "-l", rich_help_panel=PROMPT_PANEL,
         help="A label (repeatable); adds to --labels.")] = None,
     templates: TemplatesOpt = "openai-80",
-    model: ModelOpt = DEFAULT_MODEL,
+    model: ModelOpt = None,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.auto,
@@ -74,6 +74,8 @@ def classify(
     fast_decode: Annotated[bool, fast_decode_option(True)] = True,
     no_cache: NoCacheOpt = False,
     store: StoreOpt = None,
+    head: Annotated[Optional[Path], typer.Option("--head", rich_help_panel=PROMPT_PANEL, dir_okay=False,
+        help="A linear head from 'zeroshot fewshot' instead of the text side: its labels, its weights.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Classify images: print the most likely label(s) and probabilities for every image.
@@ -94,8 +96,18 @@ def classify(
     with cli_errors(quiet, interrupted="interrupted" + hint):
         if resume and output is None:
             raise UsageError("--resume needs --output FILE: the file the interrupted run was writing")
-        label_set = resolve_labels(labels, label)
-        template_set = resolve_templates(templates)
+        fitted = None
+        if head is not None:
+            from ..heads import read_head
+
+            if labels or label:
+                raise UsageError("--head brings its own labels; drop --labels/--label")
+            fitted = read_head(head)
+            label_set = fitted.labels
+            template_set = resolve_templates("{}")
+        else:
+            label_set = resolve_labels(labels, label)
+            template_set = resolve_templates(templates)
         fmt = choose_format(output_format.value, output, sys.stdout.isatty())
         if output is not None and not (output.parent if str(output.parent) else Path(".")).is_dir():
             raise UsageError(f"--output {output}: folder {output.parent} does not exist")
@@ -113,7 +125,8 @@ def classify(
 
         journal = None
         if output is not None:  # checked before the model loads: a refused --resume fails fast
-            fp = fingerprint(weights.name, weights.weights_id, label_set, template_set.templates,
+            fp_templates = template_set.templates if fitted is None else (f"<head {fitted.digest}>",)
+            fp = fingerprint(weights.name, weights.weights_id, label_set, fp_templates,
                              rank.top_k, min_score, unknown_label)
             journal = ResumableOutput.open(output, fp, resume)
             _report_journal(journal, len(found), quiet)
@@ -122,13 +135,14 @@ def classify(
             raise UsageError("--store and --no-cache contradict each other: --no-cache uses no store")
         try:
             embeddings = command_store(store, no_cache, quiet)
-            with status(f"loading {model} ({pretrained or 'random init'})", quiet):
+            with status(f"loading {weights.name} ({pretrained or 'random init'})", quiet):
                 loaded = load_model(weights, device=device, precision=precision.value)
             model_seconds = time.perf_counter() - started
             with Progress(quiet) as progress:
                 clf = ZeroShotClassifier(label_set, template_set, model=loaded, cache=not no_cache,
                                          text_progress=progress.tracker("encoding prompts"), store=embeddings,
-                                         allow_duplicate_labels=True)  # already validated by resolve_labels
+                                         allow_duplicate_labels=True,  # already validated by resolve_labels
+                                         head=fitted)
             text_seconds = time.perf_counter() - started - model_seconds
             if output is None:
                 _stdout_keeps_raw_names()

@@ -16,7 +16,7 @@ from typer.core import TyperCommand
 
 from ..data.decode import DEFAULT_MAX_PIXELS
 from ..errors import UsageError
-from ..models import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from ..models import DEFAULT_PRETRAINED
 from .console import EXIT_PARTIAL, Progress, cli_errors, printable, rate_text, say, status
 from .options import (
     DATASET_PANEL,
@@ -39,6 +39,8 @@ from .options import (
     fast_decode_option,
 )
 from .store import StoreOpt, command_store
+
+SHOTS_PANEL = "Few-shot"
 
 EvalTemplatesOpt = Annotated[Optional[list[str]], typer.Option("--templates", "-t", rich_help_panel=PROMPT_PANEL,
     help="Template set to score (repeatable: every set is scored against the same image embeddings). Built-in set "
@@ -68,11 +70,12 @@ def _flag_order(argv: list[str]) -> list[str]:
     return order
 
 
-def pair_models(models: list[str], pretrained: list[str], argv: list[str] | None) -> list[tuple[str, str]]:
+def pair_models(models: list[str], pretrained: list[str], argv: list[str] | None) -> list[tuple[str | None, str]]:
     """(model, pretrained) pairs from repeated -m/-p: each -p belongs to the -m before it, a -m
     without -p gets the default tag; without -m, every -p is a tag of the default model."""
     if not models:
-        return [(DEFAULT_MODEL, p) for p in pretrained] or [(DEFAULT_MODEL, DEFAULT_PRETRAINED)]
+        # no -m: the default model, or the architecture a fine-tuned file's sidecar names
+        return [(None, p) for p in pretrained] or [(None, DEFAULT_PRETRAINED)]
     order = _flag_order(argv or [])
     if order.count("m") != len(models) or order.count("p") != len(pretrained):  # values from the environment
         order = ["m", "p"] * len(models) if len(pretrained) == len(models) else ["m"] * len(models) + ["p"] * len(pretrained)
@@ -211,6 +214,16 @@ def eval_command(
     html_report: ReportOpt = None,
     no_cache: NoCacheOpt = False,
     store: StoreOpt = None,
+    shots: Annotated[Optional[str], typer.Option("--shots", rich_help_panel=SHOTS_PANEL,
+        help="Also fit few-shot linear heads with K images per class (comma list, e.g. 1,2,4,8,16) and report "
+             "zero-shot and few-shot top-1 side by side on the same held-out images.")] = None,
+    shots_from: Annotated[Optional[str], typer.Option("--shots-from", rich_help_panel=SHOTS_PANEL,
+        help="Take the K-shot images from this labelled set (class folder or path,label CSV with the same class "
+             "names) and score all of the dataset; default: a seeded pool of the dataset itself, never scored.")] = None,
+    shots_seed: Annotated[int, typer.Option("--shots-seed", rich_help_panel=SHOTS_PANEL,
+        help="Seed of the K-shot samples.")] = 0,
+    reg: Annotated[float, typer.Option("--reg", min=0.0, rich_help_panel=SHOTS_PANEL,
+        help="Few-shot heads: pull toward the zero-shot weights (see 'zeroshot fewshot').")] = 1e-3,
     quiet: QuietOpt = False,
 ) -> None:
     """Zero-shot accuracy (top-1, top-5, mean per-class recall) of one or several models on a
@@ -265,15 +278,20 @@ def eval_command(
             data = data.with_classnames(resolve_labels(labels), f"--labels {labels}")
         data = data.limit(limit)
 
+        shot_counts = _parse_shots(shots) if shots is not None else None
+        if shots_from is not None and shot_counts is None:
+            raise UsageError("--shots-from goes with --shots K,...: the shot counts to fit")
         pairs = pair_models(model or [], pretrained or [], ctx.meta.get("zeroshot.argv"))
         refs = [resolve_weights(m, p) for m, p in pairs]  # every name checked before any model loads
         if retrieval and len(refs) > 1:
             raise UsageError("eval retrieval takes one model at a time; give one -m/-p pair")
+        if shot_counts is not None and len(refs) > 1:
+            raise UsageError("--shots takes one model at a time; give one -m/-p pair")
         if data.images is None:  # image files: the embedding store applies
             embeddings = command_store(store, no_cache, quiet)
         models = []
-        for (name, tag), ref in zip(pairs, refs):
-            with status(f"loading {name} ({tag or 'random init'})", quiet):
+        for (_, tag), ref in zip(pairs, refs):
+            with status(f"loading {ref.name} ({tag or 'random init'})", quiet):
                 models.append(load_model(ref, device=device, precision=precision.value))
         loaded = models[0]
         settings = EmbedSettings(batch_size, workers, max_pixels, fast_decode)
@@ -304,13 +322,20 @@ def eval_command(
                                           on_text_progress=text_progress, on_image_progress=image_progress,
                                           on_skip=skip, store=embeddings)
             finally:
-                if embeddings is not None:
+                if embeddings is not None and shot_counts is None:
                     embeddings.close()
 
         _print_table(results)
+        extra = None
+        if shot_counts is not None:
+            curve = _shots(loaded, results[0], shot_counts, shots_from, shots_seed, reg, classnames, hidden,
+                           settings, embeddings, quiet)
+            extra = {"fewshot": {"protocol": "pool of the dataset, never scored" if shots_from is None else
+                                 f"shots from {shots_from}", "seed": shots_seed, "reg": reg,
+                                 "results": [r.as_dict() for r in curve]}}
         written = []
         if output is not None:
-            write_results_json(results, output)
+            write_results_json(results, output, extra)
             written.append(str(output))
         if predictions is not None:
             write_predictions_file(results, predictions, safe_csv=not raw_csv)
@@ -324,6 +349,8 @@ def eval_command(
                 write_eval_report(html_report, result, data, on_progress=progress.tracker("report"))
             written.append(str(html_report))
 
+        if embeddings is not None and shot_counts is not None:
+            embeddings.close()
         encoded = int(result.encoded.sum())
         image_seconds = sum(r.image_seconds for r in results)
         summary = (f"evaluated {result.num_images} images ({len(result.classnames)} classes)"
@@ -340,3 +367,44 @@ def eval_command(
         say(summary, quiet)
     if results and results[0].skipped:
         raise typer.Exit(EXIT_PARTIAL)
+
+
+def _parse_shots(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise UsageError(f"--shots {text!r}: give whole numbers separated by commas, e.g. 1,2,4,8,16") from None
+    if not counts or min(counts) < 1:
+        raise UsageError(f"--shots {text!r}: give positive shot counts, e.g. 1,2,4,8,16")
+    return sorted(set(counts))
+
+
+def _shots(loaded, result, counts, shots_from, seed, reg, classnames, hidden, settings, store, quiet):
+    """Few-shot heads for every K, printed beside zero-shot (``eval --shots``)."""
+    import torch
+
+    from ..data.datasets import load_dataset
+    from ..train.fewshot import embed_dataset, shots_curve
+
+    pool = None
+    if shots_from is not None:
+        kind = "folder" if Path(shots_from).expanduser().is_dir() else "csv"
+        train = load_dataset(kind, shots_from, classnames=classnames, include_hidden=hidden)
+        index = {name: i for i, name in enumerate(result.classnames)}
+        unknown = [c for c in train.classnames if c not in index]
+        if unknown:
+            raise UsageError(f"--shots-from {shots_from}: class {unknown[0]!r} is not a class of the evaluated dataset")
+        with Progress(quiet) as progress:
+            embedded = embed_dataset(loaded, train, settings, store, progress.skipping,
+                                     progress.tracker("few-shot images", rate_unit="img"))
+        mapped = torch.tensor([index[train.classnames[t]] for t in embedded.targets.tolist()], dtype=torch.long)
+        pool = (embedded.features, mapped)
+    curve = shots_curve(result.features, result.targets, result.encoded, result.class_weights,
+                        float(loaded.logit_scale), counts, seed, reg, pool)
+    percent = sys.stdout.isatty()
+    header = ("shots", "train images", "test images", "zero-shot top-1", "few-shot top-1")
+    typer.echo("\t".join(header))
+    for r in curve:
+        typer.echo("\t".join([str(r.shots), str(r.train_images), str(r.test_images),
+                              _cell(r.zero_shot, percent), _cell(r.few_shot, percent)]))
+    return curve

@@ -11,7 +11,7 @@ import typer
 from ..data.decode import DEFAULT_MAX_PIXELS
 from ..data.discover import IMAGE_EXTENSIONS
 from ..errors import UsageError
-from ..models import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from ..models import DEFAULT_PRETRAINED
 from .console import EXIT_PARTIAL, Progress, cli_errors, printable, rate_text, say, status
 from .options import (
     BatchOpt,
@@ -36,7 +36,7 @@ def index(
     inputs: Annotated[list[str], typer.Argument(metavar="PATH...", show_default=False,
         help="Image files, folders, glob patterns, or - to read paths from stdin.")],
     store: StoreOpt = None,
-    model: ModelOpt = DEFAULT_MODEL,
+    model: ModelOpt = None,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.auto,
@@ -66,7 +66,7 @@ def index(
             raise UsageError(f"found 0 images in {', '.join(inputs)}{why}; supported extensions are {exts}")
         weights = resolve_weights(model, pretrained)  # an empty --pretrained is a usage error there
         with Store.open(store) as st:
-            with status(f"loading {model} ({pretrained})", quiet):
+            with status(f"loading {weights.name} ({pretrained})", quiet):
                 loaded = load_model(weights, device=device, precision=precision.value)
             with Progress(quiet) as progress:
                 tasks: dict[str, int] = {}

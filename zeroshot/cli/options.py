@@ -22,9 +22,11 @@ Precision = Enum("Precision", {name: name for name in PRECISIONS}, type=str)  # 
 OutputFormat = Enum("OutputFormat", {name: name for name in ("auto", *FORMAT_NAMES)}, type=str)  # type: ignore[misc]
 DatasetName = Enum("DatasetName", {name: name for name in DATASETS}, type=str)  # type: ignore[misc]
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", envvar="ZEROSHOT_MODEL", rich_help_panel=MODEL_PANEL,
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", envvar="ZEROSHOT_MODEL", rich_help_panel=MODEL_PANEL,
+    show_default=False,
     help="open_clip architecture (ViT-B-32, ViT-L-14, ...), hf-hub:org/name (open_clip on the hub), or "
-         "hf:org/name or hf:FOLDER (a transformers CLIP/SigLIP model; needs zeroshot[hf]).")]
+         "hf:org/name or hf:FOLDER (a transformers CLIP/SigLIP model; needs zeroshot[hf]). Default: ViT-B-32, or "
+         "the architecture a --pretrained file from 'zeroshot finetune' names.")]
 PretrainedOpt = Annotated[str, typer.Option("--pretrained", "-p", envvar="ZEROSHOT_PRETRAINED", rich_help_panel=MODEL_PANEL,
     help="Pretrained tag (openai, laion2b_s34b_b79k, ...) or a local checkpoint (.pt/.bin/.safetensors).")]
 ModelsOpt = Annotated[Optional[list[str]], typer.Option("--model", "-m", envvar="ZEROSHOT_MODEL",

@@ -14,7 +14,7 @@ import typer
 from ..data.decode import DEFAULT_MAX_PIXELS
 from ..data.discover import IMAGE_EXTENSIONS
 from ..errors import UsageError
-from ..models import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from ..models import DEFAULT_PRETRAINED
 from ..output.writers import FORMAT_NAMES
 from .console import EXIT_PARTIAL, Progress, cli_errors, printable, say, status
 from .options import (
@@ -76,7 +76,7 @@ def search(
         help="Searching the whole store: rank through an approximate index (pip install \"zeroshot[ann]\"; built "
              "once, rebuilt when the store changes; scores stay exact) or exactly. Default: approximate from "
              "ZEROSHOT_ANN_MIN_ENTRIES (1,000,000) images when usearch is installed.")] = None,
-    model: ModelOpt = DEFAULT_MODEL,
+    model: ModelOpt = None,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.auto,
@@ -155,7 +155,7 @@ def search(
             if embeddings is None and found is None:
                 raise UsageError("search without PATH needs the embedding store, which cannot be opened (see "
                                  "the warning); give the PATHs to search")
-            with status(f"loading {model} ({pretrained or 'random init'})", quiet):
+            with status(f"loading {weights_ref.name} ({pretrained or 'random init'})", quiet):
                 loaded = load_model(weights_ref, device=device, precision=precision.value)
             with Progress(quiet) as progress:
                 settings = EmbedSettings(batch_size, workers, max_pixels, fast_decode)

@@ -13,7 +13,7 @@ import typer
 from ..data.decode import DEFAULT_MAX_PIXELS
 from ..data.discover import IMAGE_EXTENSIONS
 from ..errors import UsageError
-from ..models import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from ..models import DEFAULT_PRETRAINED
 from .console import EXIT_PARTIAL, Progress, cli_errors, printable, rate_text, say, status
 from .options import (
     OUTPUT_PANEL,
@@ -73,7 +73,7 @@ def sort(
         help="Images whose best score is below this go to the --unknown-label folder.")] = None,
     unknown_label: Annotated[str, typer.Option("--unknown-label", rich_help_panel=SORT_PANEL,
         help="The folder (label) for images below --min-score.")] = "unsorted",
-    model: ModelOpt = DEFAULT_MODEL,
+    model: ModelOpt = None,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.auto,
@@ -125,7 +125,7 @@ def _check_output(output: Path | None) -> None:
 
 
 def _sort(inputs: list[str], into: Path, op: str, dry_run: bool, manifest: Path | None, labels: str | None,
-          label: list[str] | None, templates: str, min_score: float | None, unknown_label: str, model: str,
+          label: list[str] | None, templates: str, min_score: float | None, unknown_label: str, model: str | None,
           pretrained: str, device: str, precision: str, batch_size: int | None, workers: int | None,
           output_format: str, output: Path | None, raw_csv: bool, recursive: bool, hidden: bool, max_pixels: int,
           fast_decode: bool, no_cache: bool, quiet: bool) -> int:
@@ -153,7 +153,7 @@ def _sort(inputs: list[str], into: Path, op: str, dry_run: bool, manifest: Path 
         raise UsageError(f"found 0 images in {', '.join(inputs)}{why}; supported extensions are {exts}")
     check_writable("source", [s.path for s in found.items], fmt, output)
     weights = resolve_weights(model, pretrained)
-    with status(f"loading {model} ({pretrained or 'random init'})", quiet):
+    with status(f"loading {weights.name} ({pretrained or 'random init'})", quiet):
         loaded = load_model(weights, device=device, precision=precision)
     with Progress(quiet) as progress:
         clf = ZeroShotClassifier(label_set, template_set, model=loaded, cache=not no_cache,

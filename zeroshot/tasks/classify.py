@@ -8,6 +8,9 @@
     # The same run the CLI does: atomic output file, resumable after a crash or Ctrl-C.
     stats = classify_to_file(clf, ["photos/"], "out.csv", resume=True)
 
+    # A head fitted by ``zeroshot fewshot`` replaces the text side (labels come from it).
+    clf = ZeroShotClassifier([], model=loaded, head=read_head("head.safetensors"))
+
     # With an embedding store, images already indexed are not encoded again (any label set).
     clf = ZeroShotClassifier(["beach", "city"], store="photos/.zeroshot")
 """
@@ -30,7 +33,8 @@ from ..encode.cache import ClassWeightCache
 from ..encode.embed import EmbedSettings
 from ..encode.text import Progress, build_class_weights
 from ..errors import UsageError
-from ..models import DEFAULT_MODEL, DEFAULT_PRETRAINED, LoadedModel, load_model
+from ..heads import LinearHead
+from ..models import DEFAULT_PRETRAINED, LoadedModel, load_model
 from ..output.journal import ResumableOutput, fingerprint
 from ..output.report import check_report_path
 from ..output.rows import Prediction, to_dataframe
@@ -95,13 +99,17 @@ class ZeroShotClassifier:
     for the default one): image files it holds are not encoded again, the others are encoded
     and added to it. Vectors then have the store's precision (float16 by default: probabilities
     within about 1e-3 of a fresh float32 encode). Default: no store.
+
+    ``model`` None is ViT-B-32, or the architecture named by the sidecar of a ``pretrained`` file
+    written by ``zeroshot finetune``. ``head`` (a :class:`~zeroshot.heads.LinearHead`, e.g. from
+    ``read_head``) replaces the text side: its labels and weights, softmax probabilities.
     """
 
     def __init__(
         self,
         labels: Sequence[str],
         templates: str | TemplateSet | Sequence[str] = "openai-80",
-        model: str | LoadedModel = DEFAULT_MODEL,
+        model: str | LoadedModel | None = None,
         pretrained: str | None = DEFAULT_PRETRAINED,
         device: str = "auto",
         precision: str = "auto",
@@ -110,14 +118,22 @@ class ZeroShotClassifier:
         text_progress: Progress | None = None,
         allow_duplicate_labels: bool = False,
         store: Store | str | os.PathLike | bool | None = None,
+        head: LinearHead | None = None,
     ) -> None:
         self.loaded = model if isinstance(model, LoadedModel) else load_model(model, pretrained, device, precision)
+        self.head = head
+        if head is not None:  # a fitted linear head (zeroshot fewshot): its labels, no text side
+            head.check_model(self.loaded)
+            labels, templates = head.labels, TemplateSet(f"head {head.digest}", (f"<head {head.digest}>",))
         self.labels = validate_labels(list(labels), "labels", allow_duplicates=allow_duplicate_labels)
         self.template_set = as_template_set(templates)
         self.cache = None if cache is False else ClassWeightCache(None if cache is True else Path(cache))
-        self.class_weights = build_class_weights(
-            self.loaded, self.labels, self.template_set, text_batch_size, text_progress, self.cache
-        ).to(self.loaded.device)
+        if head is not None:
+            self.class_weights = head.weight.float().to(self.loaded.device)
+        else:
+            self.class_weights = build_class_weights(
+                self.loaded, self.labels, self.template_set, text_batch_size, text_progress, self.cache
+            ).to(self.loaded.device)
         self.preprocessor = Preprocessor(self.loaded.preprocess)
         self.store = as_store(store)
         self.last_run = RunStats()
@@ -139,6 +155,8 @@ class ZeroShotClassifier:
 
     def probabilities(self, features: torch.Tensor) -> torch.Tensor:
         """Per-label probabilities ``[N, labels]`` for normalised image embeddings."""
+        if self.head is not None:
+            return probabilities(self.head.logits(features))
         logits = class_logits(features.cpu(), self.class_weights.cpu(), self.loaded.logit_scale, self.loaded.logit_bias)
         return probabilities(logits, sigmoid=self.loaded.uses_sigmoid)
 

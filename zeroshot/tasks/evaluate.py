@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,10 @@ class EvalResult:
     precision: str = "fp32"
     images_encoded: int = 0  # run through the model in this run
     images_from_store: int = 0  # read from the embedding store
+    # The image embeddings ([N, dim], zeros where not encoded) and the first template set's class
+    # weights, kept for further analysis of the same run (e.g. few-shot heads); not in as_dict.
+    features: torch.Tensor | None = field(default=None, repr=False)
+    class_weights: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def metrics(self) -> Metrics:
@@ -311,6 +315,8 @@ def _result(loaded: LoadedModel, dataset: EvalDataset, sets: list[TemplateSet], 
         precision=loaded.precision,
         images_encoded=reuse.encoded,
         images_from_store=reuse.from_store,
+        features=features,
+        class_weights=weights[0],
     )
 
 
@@ -447,12 +453,14 @@ def _embed_dim(loaded: LoadedModel) -> int:
 # ======================================================================================== files
 
 
-def write_results_json(result: EvalResult | Sequence[EvalResult], path: str | os.PathLike) -> None:
-    """The results JSON (CLIP_benchmark keys plus ours), written atomically (``--output``); for
-    several models, :func:`comparison_document`."""
+def write_results_json(result: EvalResult | Sequence[EvalResult], path: str | os.PathLike,
+                       extra: dict[str, Any] | None = None) -> None:
+    """The results JSON (CLIP_benchmark keys plus ours, plus ``extra`` keys such as the few-shot
+    curve of ``eval --shots``), written atomically (``--output``); for several models,
+    :func:`comparison_document`."""
     results = _as_list(result)
     document = results[0].as_dict() if len(results) == 1 else comparison_document(results)
-    write_json_document(document, Path(path), "--output")
+    write_json_document({**document, **(extra or {})}, Path(path), "--output")
 
 
 def comparison_document(results: Sequence[EvalResult]) -> dict[str, Any]:

@@ -1,0 +1,232 @@
+"""Few-shot linear heads: from a handful of labelled images per class, fit a logistic-regression
+head on the image embeddings, initialised from and pulled toward the zero-shot class weights.
+
+    head = fit_head(loaded, load_dataset("folder", "few/"), templates="openai-7", reg=0.1)
+    save_head(head, "head.safetensors")           # classify --head head.safetensors
+
+Objective (full batch, deterministic L-BFGS from ``W = W_zs, b = 0``)::
+
+    mean_i CE(exp(t) * x_i @ W.T + b, y_i) + reg * (||W - W_zs||^2 + ||b||^2)
+
+with ``x_i`` the L2-normalised image embeddings, ``W_zs`` the zero-shot class weights (the
+prompt ensemble) and ``t`` the model's log temperature. ``reg`` -> infinity gives back the
+zero-shot classifier exactly; ``reg`` = 0 is plain logistic regression started from zero-shot.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..data.datasets import EvalDataset
+from ..encode.embed import EmbedSettings
+from ..encode.text import build_class_weights
+from ..errors import UsageError
+from ..heads import LinearHead, head_sidecar
+from ..models import LoadedModel
+from ..prompts import TemplateSet, as_template_set
+from ..scoring import normalize
+from ..store.reuse import embed_with_store
+from .checkpoint import write_weights
+
+DEFAULT_REG = 1e-3
+
+
+@dataclass
+class Embeddings:
+    """Image embeddings of a labelled dataset: ``features[k]`` belongs to sample ``rows[k]``."""
+
+    features: torch.Tensor
+    targets: torch.Tensor
+    rows: list[int]
+    errors: dict[str, str]
+
+
+def embed_dataset(loaded: LoadedModel, data: EvalDataset, settings: EmbedSettings = EmbedSettings(),
+                  store=None, on_skip: Callable[[str, str], None] | None = None,
+                  on_progress: Callable[[int, int], None] | None = None) -> Embeddings:
+    """Every image of ``data`` through the one embedding loop (and the store when given)."""
+    names = data.names
+    targets = data.targets
+    feats, rows, errors = [], [], {}
+    done = 0
+    for batch in embed_with_store(loaded, data.inputs(), settings, store):
+        for i, reason in batch.errors:
+            errors[names[i]] = reason
+            if on_skip:
+                on_skip(names[i], reason)
+        if batch.embeddings is not None:
+            feats.append(batch.embeddings.float())
+            rows.extend(batch.indices)
+        done += len(batch)
+        if on_progress:
+            on_progress(done, len(names))
+    dim = feats[0].shape[1] if feats else 0
+    features = torch.cat(feats) if feats else torch.empty(0, dim)
+    return Embeddings(features, torch.tensor([targets[r] for r in rows], dtype=torch.long), rows, errors)
+
+
+def sample_shots(targets: Sequence[int], k: int, seed: int) -> list[int]:
+    """``k`` indices per class (all of a class with fewer), seeded, in ascending order."""
+    by_class: dict[int, list[int]] = {}
+    for i, t in enumerate(targets):
+        by_class.setdefault(int(t), []).append(i)
+    rng = random.Random(seed)
+    chosen = []
+    for cls in sorted(by_class):
+        members = by_class[cls]
+        chosen.extend(rng.sample(members, min(k, len(members))))
+    return sorted(chosen)
+
+
+def fit_linear(features: torch.Tensor, targets: torch.Tensor, zero_shot: torch.Tensor, logit_scale: float,
+               reg: float = DEFAULT_REG, iterations: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W, b)`` minimising the module's objective by full-batch L-BFGS (deterministic)."""
+    if reg < 0:
+        raise UsageError(f"--reg {reg}: must be >= 0")
+    x = normalize(features.double())
+    y = targets.long()
+    w0 = zero_shot.double()
+    scale = float(torch.tensor(logit_scale, dtype=torch.float64).exp())
+    w = w0.clone().requires_grad_(True)
+    b = torch.zeros(w0.shape[0], dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([w, b], lr=1, max_iter=iterations, tolerance_grad=1e-10, tolerance_change=1e-12,
+                                  history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(scale * x @ w.T + b, y) + reg * ((w - w0).pow(2).sum() + b.pow(2).sum())
+        loss.backward()
+        return loss
+
+    if len(y):
+        optimizer.step(closure)
+    return w.detach().float(), b.detach().float()
+
+
+def fit_head(
+    loaded: LoadedModel,
+    data: EvalDataset | Embeddings,
+    templates: TemplateSet | str | Sequence[str] = "openai-7",
+    reg: float = DEFAULT_REG,
+    classnames: Sequence[str] | None = None,
+    zero_shot: torch.Tensor | None = None,
+    settings: EmbedSettings = EmbedSettings(),
+    store=None,
+    on_skip: Callable[[str, str], None] | None = None,
+) -> LinearHead:
+    """A head for ``loaded`` fitted on a labelled dataset (or its precomputed embeddings, then
+    with ``classnames``), initialised from and regularised toward the zero-shot weights."""
+    template_set = as_template_set(templates)
+    if isinstance(data, EvalDataset):
+        classnames = data.classnames
+        data = embed_dataset(loaded, data, settings, store, on_skip)
+    if classnames is None:
+        raise UsageError("fit_head: give classnames with precomputed embeddings")
+    if not len(data.targets):
+        raise UsageError("no usable training images for the head (every image was skipped)")
+    weights = zero_shot if zero_shot is not None else build_class_weights(loaded, list(classnames), template_set)
+    log_scale = float(loaded.logit_scale)
+    w, b = fit_linear(data.features, data.targets, weights, log_scale, reg)
+    shots = torch.bincount(data.targets, minlength=len(classnames)).tolist()
+    info = {"regularisation": {"reg": reg, "toward": "zero-shot class weights", "penalty": "reg * (||W - W_zs||^2 + ||b||^2)"},
+            "templates": template_set.name, "images_per_class": dict(zip(classnames, shots)),
+            "objective": "mean cross-entropy, full-batch L-BFGS"}
+    model = {"name": loaded.name, "pretrained": loaded.pretrained, "weights_id": loaded.weights_id}
+    return LinearHead(tuple(classnames), w, b, log_scale, model, info)
+
+
+def save_head(head: LinearHead, path: str | os.PathLike, option: str = "--out") -> Path:
+    """The head as safetensors (``weight``, ``bias``) plus ``HEAD.json`` (labels, model, fitting)."""
+    out = Path(path).expanduser()
+    if out.suffix.lower() != ".safetensors":
+        raise UsageError(f"{option} {out}: the head is written as safetensors; name the file *.safetensors")
+    return write_weights(out, {"weight": head.weight, "bias": head.bias}, head_sidecar(head), option)
+
+
+# -------------------------------------------------------------------- eval --shots (k-shot curve)
+
+
+@dataclass
+class ShotResult:
+    """Zero-shot and k-shot top-1 on the same test images."""
+
+    shots: int
+    zero_shot: float
+    few_shot: float
+    train_images: int
+    test_images: int
+
+    def as_dict(self) -> dict:
+        return {"shots": self.shots, "zero_shot_top1": self.zero_shot, "few_shot_top1": self.few_shot,
+                "train_images": self.train_images, "test_images": self.test_images}
+
+
+def _top1(features: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+          log_scale: float) -> float:
+    if not len(targets):
+        return float("nan")
+    logits = float(torch.tensor(log_scale).exp()) * normalize(features.float()) @ weight.float().T
+    if bias is not None:
+        logits = logits + bias.float()
+    return float((logits.argmax(1) == targets).float().mean())
+
+
+def _seeded_order(targets: Sequence[int], candidates: Sequence[int], seed: int) -> dict[int, list[int]]:
+    """Per class, its candidate indices in a seeded random order."""
+    by_class: dict[int, list[int]] = {}
+    for i in candidates:
+        by_class.setdefault(int(targets[i]), []).append(i)
+    rng = random.Random(seed)
+    for members in by_class.values():
+        rng.shuffle(members)
+    return by_class
+
+
+def shots_curve(
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    usable: torch.Tensor,
+    zero_shot: torch.Tensor,
+    log_scale: float,
+    shots: Sequence[int] = (1, 2, 4, 8, 16),
+    seed: int = 0,
+    reg: float = DEFAULT_REG,
+    pool: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> list[ShotResult]:
+    """Zero-shot vs k-shot top-1 for every k in ``shots``.
+
+    Without ``pool`` (one labelled set): per class, a seeded random order of its usable images;
+    the first ``min(max(shots), n_c - 1)`` of each class form the few-shot pool and are never
+    scored; the k-shot head is fitted on the first ``k`` of the pool (nested samples), and every
+    k and the zero-shot column are scored on the same remaining images. With ``pool``
+    (``(features, targets)`` of a separate training set, ``--shots-from``) the k images per class
+    are sampled from it (seeded) and every usable image of the evaluated set is scored."""
+    if not shots or min(shots) < 1:
+        raise UsageError("--shots: give positive shot counts, e.g. 1,2,4,8,16")
+    top = max(shots)
+    usable_rows = [i for i in range(len(targets)) if bool(usable[i])]
+    if pool is None:
+        order = _seeded_order(targets.tolist(), usable_rows, seed)
+        picked = {c: members[:min(top, len(members) - 1)] for c, members in order.items()}
+        held = {i for members in picked.values() for i in members}
+        test = [i for i in usable_rows if i not in held]
+        train_x, train_y = features, targets
+    else:
+        train_x, train_y = pool
+        picked = _seeded_order(train_y.tolist(), range(len(train_y)), seed)
+        test = usable_rows
+    test_x, test_y = features[test], targets[test]
+    zero = _top1(test_x, test_y, zero_shot, None, log_scale)
+    results = []
+    for k in sorted(set(shots)):
+        rows = sorted(i for members in picked.values() for i in members[:k])
+        w, b = fit_linear(train_x[rows], train_y[rows], zero_shot, log_scale, reg)
+        results.append(ShotResult(k, zero, _top1(test_x, test_y, w, b, log_scale), len(rows), len(test)))
+    return results
