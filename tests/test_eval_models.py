@@ -136,11 +136,11 @@ def test_unreadable_images_count_as_wrong_for_every_model(models, dataset, tmp_p
 
 
 @pytest.mark.parametrize("argv, expected", [
-    ([], [("ViT-B-32", "openai")]),
+    ([], [(None, "openai")]),  # None: the default model, or the one a fine-tuned file's sidecar names
     (["-m", "A", "-p", "x", "-m", "B", "-p", "y"], [("A", "x"), ("B", "y")]),
     (["-m", "A", "-m", "B", "-p", "y"], [("A", "openai"), ("B", "y")]),
     (["--model=A", "--pretrained", "x", "-mB"], [("A", "x"), ("B", "openai")]),
-    (["-p", "x", "-p", "y"], [("ViT-B-32", "x"), ("ViT-B-32", "y")]),
+    (["-p", "x", "-p", "y"], [(None, "x"), (None, "y")]),
 ])
 def test_pairing(argv, expected):
     from zeroshot.cli.evaluate import _flag_order, pair_models

@@ -94,7 +94,7 @@ def pair_models(models: list[str], pretrained: list[str], argv: list[str] | None
     out = [(model, tag if tag is not None else DEFAULT_PRETRAINED) for model, tag in pairs]
     for i, pair in enumerate(out):
         if pair in out[:i]:
-            raise UsageError(f"--model {pair[0]} --pretrained {pair[1]} is given twice")
+            raise UsageError(f"--model {pair[0] or DEFAULT_MODEL} --pretrained {pair[1]} is given twice")
     return out
 
 
@@ -383,7 +383,7 @@ def _shots(loaded, result, counts, shots_from, seed, reg, classnames, hidden, se
     """Few-shot heads for every K, printed beside zero-shot (``eval --shots``)."""
     import torch
 
-    from ..data.datasets import load_dataset
+    from ..data.catalog import load_dataset
     from ..train.fewshot import embed_dataset, shots_curve
 
     pool = None

@@ -61,7 +61,7 @@ def fewshot(
     the zero-shot classifier; use it with 'zeroshot classify --head OUT'."""
     from dataclasses import replace
 
-    from ..data.datasets import load_dataset
+    from ..data.catalog import load_dataset
     from ..encode.cache import ClassWeightCache
     from ..encode.embed import EmbedSettings
     from ..encode.text import build_class_weights
