@@ -16,7 +16,7 @@ from typer.core import TyperCommand
 
 from ..data.decode import DEFAULT_MAX_PIXELS
 from ..errors import UsageError
-from ..models import DEFAULT_PRETRAINED
+from ..models import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .console import EXIT_PARTIAL, Progress, cli_errors, printable, rate_text, say, status
 from .options import (
     DATASET_PANEL,
