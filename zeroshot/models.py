@@ -5,6 +5,7 @@ ids, local checkpoint files; device and precision; fast, actionable errors when 
 from __future__ import annotations
 
 import contextlib
+import copy
 import difflib
 import logging
 import os
@@ -14,7 +15,7 @@ import socket
 import struct
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -56,6 +57,18 @@ class LoadedModel:
     # Whether encode/vision.py's class-token shortcut matched the model's own forward on the
     # first batch: None until checked, then True (used) or False (off for this model).
     class_token_shortcut: bool | None = None
+    # The --precision asked for; "auto" reduced precision is checked against fp32 on first use.
+    requested: str = ""
+    # The text tower's precision when it differs from the image tower's ("" = ``precision``).
+    text_precision: str = ""
+    # On a CPU, bf16 runs a bf16 copy of the weights (faster than autocast there); ``model``
+    # stays fp32 for ``auto``'s check and fallback (the same module for an explicit bf16).
+    reduced: torch.nn.Module | None = None
+    # "image" / "text" -> whether the first-batch check against fp32 passed (absent: not run).
+    checked: dict[str, bool] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the checks changed, for the summary
+    # Class weights for the image check's top-1 comparison (set by the classifier; optional).
+    check_weights: torch.Tensor | None = None
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -75,9 +88,47 @@ class LoadedModel:
     def context_length(self) -> int:
         return int(getattr(self.tokenizer, "context_length", 77))
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """Mixed-precision context for forward passes (a no-op for fp32)."""
-        return autocast(self.precision, self.device)
+    def autocast(self, side: str = "image") -> contextlib.AbstractContextManager:
+        """Mixed-precision context for forward passes of one tower (a no-op for fp32, and for
+        the bf16 copy of the weights, which needs none)."""
+        if self.tower(side) is self.reduced and self.reduced is not None:
+            return contextlib.nullcontext()
+        return autocast(self.precision_of(side), self.device)
+
+    def precision_of(self, side: str) -> str:
+        """The precision ``side`` ("image" or "text") runs at now."""
+        return (self.text_precision or self.precision) if side == "text" else self.precision
+
+    def tower(self, side: str) -> torch.nn.Module:
+        """The module that runs ``side``: the bf16 copy on a CPU at bf16, else ``model``."""
+        if self.reduced is not None and self.precision_of(side) == "bf16" and self.device.type == "cpu":
+            return self.reduced
+        return self.model
+
+    def needs_check(self, side: str) -> bool:
+        """Whether ``side`` runs an ``auto``-chosen reduced precision on a CPU not yet checked."""
+        return (self.requested == "auto" and self.device.type == "cpu" and self.precision_of(side) != "fp32"
+                and side not in self.checked)
+
+    def record_check(self, side: str, passed: bool, detail: str) -> None:
+        """The first-batch check of ``side``; a failure makes that side fp32 from now on."""
+        self.checked[side] = passed
+        if passed:
+            return
+        was = self.precision_of(side)
+        if side == "text":
+            self.text_precision = "fp32"
+        else:
+            self.text_precision = self.precision_of("text")
+            self.precision = "fp32"
+        self.notes.append(f"{side} tower: {was} disagreed with fp32 on the first batch ({detail}); "
+                          "fp32 for the rest of the run")
+
+    def describe_precision(self) -> str:
+        """``bf16``, or ``image fp32, text bf16`` when the towers differ; ``auto`` is marked."""
+        image, text = self.precision_of("image"), self.precision_of("text")
+        shown = image if image == text else f"image {image}, text {text}"
+        return f"{shown} (auto)" if self.requested == "auto" else shown
 
 
 # ------------------------------------------------------------------------------ name resolution
@@ -392,6 +443,11 @@ def load_model(
     net = net.to(torch_device).eval()
     for param in net.parameters():
         param.requires_grad_(False)
+    reduced = None
+    if resolved_precision == "bf16" and torch_device.type == "cpu":
+        # An explicit bf16 converts the weights; ``auto`` keeps fp32 beside them for its check.
+        explicit = (precision or "").strip().lower() == "bf16"
+        reduced = net.to(torch.bfloat16) if explicit else copy.deepcopy(net).to(torch.bfloat16)
     return LoadedModel(
         model=net,
         tokenizer=tokenizer,
@@ -401,6 +457,9 @@ def load_model(
         weights_id=ref.weights_id,
         device=torch_device,
         precision=resolved_precision,
+        requested=(precision or "auto").strip().lower(),
+        text_precision=resolved_precision,
+        reduced=reduced,
     )
 
 

@@ -172,7 +172,7 @@ def eval_command(
         with status(f"loading {model} ({pretrained or 'random init'})", quiet):
             loaded = load_model(weights, device=device, precision=precision.value)
         say(f"evaluating {len(data)} images, {len(data.classnames)} classes, "
-            f"{len(template_sets)} template set(s) on {loaded.device} ({loaded.precision})", quiet)
+            f"{len(template_sets)} template set(s) on {loaded.device} ({loaded.describe_precision()})", quiet)
 
         with Progress(quiet) as progress:
             text_tasks: dict[str, int] = {}
@@ -209,7 +209,9 @@ def eval_command(
         encoded = int(result.encoded.sum())
         summary = (f"evaluated {result.num_images} images ({len(result.classnames)} classes) in "
                    f"{time.perf_counter() - started:.1f}s (images {result.image_seconds:.1f}s, "
-                   f"{rate_text(encoded, result.image_seconds) or '-'})")
+                   f"{rate_text(encoded, result.image_seconds) or '-'}; precision {loaded.describe_precision()})")
+        for note in loaded.notes:
+            say(f"note: {note}", quiet)
         if embeddings is not None:
             summary += f"; encoded {result.images_encoded}, {result.images_from_store} from the store"
         if result.skipped:

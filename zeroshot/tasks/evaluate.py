@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +99,9 @@ class EvalResult:
     seconds: float
     image_seconds: float
     device: str = "cpu"
-    precision: str = "fp32"
+    precision: str = "fp32"  # the image tower's (after an ``auto`` check)
+    text_precision: str = "fp32"
+    precision_notes: list[str] = field(default_factory=list)  # what the ``auto`` checks changed
     images_encoded: int = 0  # run through the model in this run
     images_from_store: int = 0  # read from the embedding store
 
@@ -137,6 +139,8 @@ class EvalResult:
             "root": self.root,
             "device": self.device,
             "precision": self.precision,
+            "text_precision": self.text_precision,
+            "precision_notes": self.precision_notes,
             "zeroshot_version": __version__,
         }
 
@@ -228,6 +232,8 @@ def evaluate(
         hook = (lambda done, total, _n=s.name: on_text_progress(_n, done, total)) if on_text_progress else None
         weights.append(build_class_weights(loaded, dataset.classnames, s, text_batch_size, hook, weight_cache))
 
+    if loaded.needs_check("image"):
+        loaded.check_weights = weights[0]  # the image check also compares top-1 classes
     image_started = time.perf_counter()
     reuse = ReuseStats()
     features, encoded, skipped = encode_dataset(loaded, dataset, settings, on_image_progress, on_skip,
@@ -254,6 +260,8 @@ def evaluate(
         image_seconds=image_seconds,
         device=str(loaded.device),
         precision=loaded.precision,
+        text_precision=loaded.precision_of("text"),
+        precision_notes=list(loaded.notes),
         images_encoded=reuse.encoded,
         images_from_store=reuse.from_store,
     )
