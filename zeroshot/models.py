@@ -447,7 +447,7 @@ def load_model(
     if resolved_precision == "bf16" and torch_device.type == "cpu":
         # An explicit bf16 converts the weights; ``auto`` keeps fp32 beside them for its check.
         explicit = (precision or "").strip().lower() == "bf16"
-        reduced = net.to(torch.bfloat16) if explicit else copy.deepcopy(net).to(torch.bfloat16)
+        reduced = _bf16_weights(net) if explicit else _bf16_weights(copy.deepcopy(net))
     return LoadedModel(
         model=net,
         tokenizer=tokenizer,
@@ -461,6 +461,18 @@ def load_model(
         text_precision=resolved_precision,
         reduced=reduced,
     )
+
+
+def _bf16_weights(net: torch.nn.Module) -> torch.nn.Module:
+    """``net`` with bf16 weights, except the score's temperature and bias (kept exact)."""
+    import torch
+
+    kept = {name: getattr(net, name).detach().clone() for name in ("logit_scale", "logit_bias")
+            if isinstance(getattr(net, name, None), torch.Tensor)}
+    net = net.to(torch.bfloat16)
+    for name, value in kept.items():
+        getattr(net, name).data = value
+    return net
 
 
 def _refuse_made_up_bias(net: torch.nn.Module, ref: WeightsRef) -> None:
