@@ -108,8 +108,10 @@ def summarise(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "all": values}
 
 
-def agreement(fp32_loaded, auto_loaded, paths: list[str], classes: list[str], templates, batch_size: int) -> dict:
-    """Top-1 and cosine agreement of fp32 and auto on ``paths`` (1000-class and 6-label heads)."""
+def agreement(fp32_loaded, auto_loaded, paths: list[str], classes: list[str], templates, batch_size: int,
+              built: dict | None = None) -> dict:
+    """Top-1 and cosine agreement of fp32 and auto on ``paths`` (``classes`` and 6-label heads;
+    ``built``: fp32/auto class weights of ``classes`` already made with these models)."""
     from zeroshot.encode.embed import EmbedSettings, embed_images
     from zeroshot.encode.text import build_class_weights
 
@@ -120,8 +122,11 @@ def agreement(fp32_loaded, auto_loaded, paths: list[str], classes: list[str], te
     e32, eau = embeddings(fp32_loaded), embeddings(auto_loaded)
     out = {"images": len(paths), "image_min_cosine": float(torch.nn.functional.cosine_similarity(e32, eau).min())}
     for name, labels in (("imagenet", classes), ("labels6", LABELS6)):
-        w32 = build_class_weights(fp32_loaded, labels, templates, cache=None)
-        wau = build_class_weights(auto_loaded, labels, templates, cache=None)
+        if built and name == "imagenet":
+            w32, wau = built["fp32"], built["auto"]
+        else:
+            w32 = build_class_weights(fp32_loaded, labels, templates, cache=None)
+            wau = build_class_weights(auto_loaded, labels, templates, cache=None)
         same = ((e32 @ w32.T).argmax(1) == (eau @ wau.T).argmax(1)).float().mean().item()
         out[name] = {"classes": len(labels), "top1_identical": same,
                      "weights_min_cosine": float(torch.nn.functional.cosine_similarity(w32, wau).min()),
@@ -257,16 +262,17 @@ def main(argv=None) -> int:  # noqa: PLR0915 - one straight script
     else:
         a32, aau = fp32, copy.copy(auto)
     agree_paths = small[: args.agree_images]
-    res["agreement"] = agreement(a32, aau, agree_paths, imagenet_classes(1000), templates, args.batch_size)
+    res["agreement"] = agreement(a32, aau, agree_paths, classes, templates, args.batch_size,
+                                 None if args.agree_checkpoint else text_weights)
     res["agreement"]["model"] = f"{args.agree_model} ({args.agree_checkpoint or 'random weights'})"
     if args.eval_dir:
         res["eval"] = eval_accuracy({"fp32": a32, "auto": load_model(args.agree_model, args.agree_checkpoint,
                                                                      device="cpu", precision="auto")},
                                     args.eval_dir, templates)
     res["load_end"] = os.getloadavg()
-    report(res, args)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2, default=str) + "\n", encoding="utf-8")
+    report(res, args)
     return 0
 
 
