@@ -244,6 +244,9 @@ def machine_info(device: torch.device) -> dict:
         "device": str(device),
         "loadavg_start": os.getloadavg(),
     }
+    from zeroshot.precision import cpu_features_line
+
+    info["cpu_features"] = cpu_features_line()
     try:
         import PIL
 
@@ -660,7 +663,7 @@ def main(argv=None) -> int:
           f"{info['cpu_affinity']} cores, torch {info['torch']}, {info['torch_threads']} threads), batch {args.batch_size}, "
           f"{res['workers']} decode worker(s); JPEGs ~{sizes['imagenet_size_mean_kb']:.0f} KB / ~{sizes['12mp_mean_kb'] / 1024:.1f} MB"
           f"{'; QUICK smoke run (numbers not meaningful)' if args.quick else ''}")
-    print(f"load average start {info['loadavg_start'][0]:.2f}, end {res['machine']['loadavg_end'][0]:.2f}")
+    print(f"load average start {info['loadavg_start'][0]:.2f}, end {res['machine']['loadavg_end'][0]:.2f}; {info['cpu_features']}")
     print()
     print(table(res, args))
     if args.json:

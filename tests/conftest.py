@@ -49,6 +49,22 @@ def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
 
 
+@pytest.fixture(autouse=True)
+def cpu_without_native_bf16(monkeypatch):
+    """Tests see a CPU without native bf16 (so ``--precision auto`` is fp32 on every machine);
+    tests of the bf16 path ask for :func:`cpu_with_native_bf16`."""
+    import zeroshot.precision
+
+    monkeypatch.setattr(zeroshot.precision, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+
+
+@pytest.fixture
+def cpu_with_native_bf16(monkeypatch):
+    import zeroshot.precision
+
+    monkeypatch.setattr(zeroshot.precision, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
+
+
 def save_random_model(arch: str, path: Path, seed: int = 0) -> Path:
     import open_clip
 

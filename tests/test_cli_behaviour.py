@@ -304,7 +304,7 @@ def test_eval_progress_is_plain_lines(tiny_ckpt, tmp_path, monkeypatch):
 # ==================================================================== 6. summary line
 
 SUMMARY = re.compile(r"^classified (\d+) of (\d+) images in ([\d.]+)s \(model ([\d.]+)s, prompts ([\d.]+)s, "
-                     r"images ([\d.]+)s, ([\d.]+) img/s\)$", re.M)
+                     r"images ([\d.]+)s, ([\d.]+) img/s; precision fp32 \(auto\)\)$", re.M)
 
 
 def test_summary_reports_the_whole_run(base, image_dir, monkeypatch):

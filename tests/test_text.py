@@ -61,7 +61,7 @@ def test_cache_key_changes_with_everything_that_matters(tiny_loaded, tmp_path):
     assert base != cache.key(tiny_loaded, LABELS, t1)
     other = type(tiny_loaded)(**{**tiny_loaded.__dict__, "weights_id": "other-file"})
     assert base != cache.key(other, LABELS, t7)
-    bf16 = type(tiny_loaded)(**{**tiny_loaded.__dict__, "precision": "bf16"})
+    bf16 = type(tiny_loaded)(**{**tiny_loaded.__dict__, "precision": "bf16", "text_precision": "bf16"})
     assert base != cache.key(bf16, LABELS, t7)
 
 

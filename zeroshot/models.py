@@ -6,6 +6,7 @@ Hugging Face transformers CLIP/SigLIP models (``hf:`` ids and folders) come thro
 from __future__ import annotations
 
 import contextlib
+import copy
 import difflib
 import logging
 import os
@@ -15,7 +16,7 @@ import socket
 import struct
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -59,6 +60,18 @@ class LoadedModel:
     # Whether encode/vision.py's class-token shortcut matched the model's own forward on the
     # first batch: None until checked, then True (used) or False (off for this model).
     class_token_shortcut: bool | None = None
+    # The --precision asked for; "auto" reduced precision is checked against fp32 on first use.
+    requested: str = ""
+    # The text tower's precision when it differs from the image tower's ("" = ``precision``).
+    text_precision: str = ""
+    # On a CPU, bf16 runs a bf16 copy of the weights (faster than autocast there); ``model``
+    # stays fp32 for ``auto``'s check and fallback (the same module for an explicit bf16).
+    reduced: torch.nn.Module | None = None
+    # "image" / "text" -> whether the first-batch check against fp32 passed (absent: not run).
+    checked: dict[str, bool] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the checks changed, for the summary
+    # Class weights for the image check's top-1 comparison (set by the classifier; optional).
+    check_weights: torch.Tensor | None = None
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -78,9 +91,47 @@ class LoadedModel:
     def context_length(self) -> int:
         return int(getattr(self.tokenizer, "context_length", 77))
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """Mixed-precision context for forward passes (a no-op for fp32)."""
-        return autocast(self.precision, self.device)
+    def autocast(self, side: str = "image") -> contextlib.AbstractContextManager:
+        """Mixed-precision context for forward passes of one tower (a no-op for fp32, and for
+        the bf16 copy of the weights, which needs none)."""
+        if self.tower(side) is self.reduced and self.reduced is not None:
+            return contextlib.nullcontext()
+        return autocast(self.precision_of(side), self.device)
+
+    def precision_of(self, side: str) -> str:
+        """The precision ``side`` ("image" or "text") runs at now."""
+        return (self.text_precision or self.precision) if side == "text" else self.precision
+
+    def tower(self, side: str) -> torch.nn.Module:
+        """The module that runs ``side``: the bf16 copy on a CPU at bf16, else ``model``."""
+        if self.reduced is not None and self.precision_of(side) == "bf16" and self.device.type == "cpu":
+            return self.reduced
+        return self.model
+
+    def needs_check(self, side: str) -> bool:
+        """Whether ``side`` runs an ``auto``-chosen reduced precision on a CPU not yet checked."""
+        return (self.requested == "auto" and self.device.type == "cpu" and self.precision_of(side) != "fp32"
+                and side not in self.checked)
+
+    def record_check(self, side: str, passed: bool, detail: str) -> None:
+        """The first-batch check of ``side``; a failure makes that side fp32 from now on."""
+        self.checked[side] = passed
+        if passed:
+            return
+        was = self.precision_of(side)
+        if side == "text":
+            self.text_precision = "fp32"
+        else:
+            self.text_precision = self.precision_of("text")
+            self.precision = "fp32"
+        self.notes.append(f"{side} tower: {was} disagreed with fp32 on the first batch ({detail}); "
+                          "fp32 for the rest of the run")
+
+    def describe_precision(self) -> str:
+        """``bf16``, or ``image fp32, text bf16`` when the towers differ; ``auto`` is marked."""
+        image, text = self.precision_of("image"), self.precision_of("text")
+        shown = image if image == text else f"image {image}, text {text}"
+        return f"{shown} (auto)" if self.requested == "auto" else shown
 
 
 # ------------------------------------------------------------------------------ name resolution
@@ -465,7 +516,8 @@ def load_model(
         from .hf import load as load_hf
 
         net, tokenizer, preprocess = load_hf(Path(ref.create_args[0]), ref.name)
-        return _ready(net, tokenizer, preprocess, ref, torch_device, resolved_precision)
+        return _ready(net, tokenizer, preprocess, ref, torch_device, resolved_precision,
+                  (precision or "auto").strip().lower())
     try:
         logging.disable(logging.WARNING)  # open_clip logs through the root logger; we report ourselves
         net, _, preprocess = open_clip.create_model_and_transforms(
@@ -484,15 +536,21 @@ def load_model(
     finally:
         logging.disable(logging.NOTSET)
     _refuse_made_up_bias(net, ref)
-    return _ready(net, tokenizer, preprocess, ref, torch_device, resolved_precision)
+    return _ready(net, tokenizer, preprocess, ref, torch_device, resolved_precision,
+                  (precision or "auto").strip().lower())
 
 
 def _ready(net: torch.nn.Module, tokenizer: Callable, preprocess: Callable, ref: WeightsRef,
-           device: torch.device, precision: str) -> LoadedModel:
+           device: torch.device, precision: str, requested: str) -> LoadedModel:
     """The model on its device, in eval mode, without gradients, wrapped as a LoadedModel."""
     net = net.to(device).eval()
     for param in net.parameters():
         param.requires_grad_(False)
+    reduced = None
+    if precision == "bf16" and device.type == "cpu":
+        # An explicit bf16 converts the weights; ``auto`` keeps fp32 beside them for its check.
+        explicit = requested == "bf16"
+        reduced = _bf16_weights(net) if explicit else _bf16_weights(copy.deepcopy(net))
     return LoadedModel(
         model=net,
         tokenizer=tokenizer,
@@ -502,7 +560,22 @@ def _ready(net: torch.nn.Module, tokenizer: Callable, preprocess: Callable, ref:
         weights_id=ref.weights_id,
         device=device,
         precision=precision,
+        requested=requested,
+        text_precision=precision,
+        reduced=reduced,
     )
+
+
+def _bf16_weights(net: torch.nn.Module) -> torch.nn.Module:
+    """``net`` with bf16 weights, except the score's temperature and bias (kept exact)."""
+    import torch
+
+    kept = {name: getattr(net, name).detach().clone() for name in ("logit_scale", "logit_bias")
+            if isinstance(getattr(net, name, None), torch.Tensor)}
+    net = net.to(torch.bfloat16)
+    for name, value in kept.items():
+        getattr(net, name).data = value
+    return net
 
 
 def _refuse_made_up_bias(net: torch.nn.Module, ref: WeightsRef) -> None:

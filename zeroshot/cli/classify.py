@@ -176,7 +176,10 @@ def classify(
         total_seconds = time.perf_counter() - started
         summary = (f"classified {stats.classified} of {stats.total} images in {total_seconds:.1f}s "
                    f"(model {model_seconds:.1f}s, prompts {text_seconds:.1f}s, images {stats.seconds:.1f}s"
-                   f"{', ' + rate_text(stats.classified, stats.seconds) if stats.seconds else ''})")
+                   f"{', ' + rate_text(stats.classified, stats.seconds) if stats.seconds else ''}"
+                   f"; precision {loaded.describe_precision()})")
+        for note in loaded.notes:
+            say(f"note: {note}", quiet)
         if stats.store_used:
             summary += f"; encoded {stats.encoded}, {stats.from_store} from the store"
         if stats.kept:

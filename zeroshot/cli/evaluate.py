@@ -304,7 +304,7 @@ def eval_command(
             return
         several = f"{len(models)} models, " if len(models) > 1 else ""
         say(f"evaluating {len(data)} images, {len(data.classnames)} classes, {several}"
-            f"{len(template_sets)} template set(s) on {loaded.device} ({loaded.precision})", quiet)
+            f"{len(template_sets)} template set(s) on {loaded.device} ({loaded.describe_precision()})", quiet)
 
         with Progress(quiet) as progress:
             text_tasks: dict[str, int] = {}
@@ -356,7 +356,10 @@ def eval_command(
         summary = (f"evaluated {result.num_images} images ({len(result.classnames)} classes)"
                    f"{f' with {len(results)} models' if len(results) > 1 else ''} in "
                    f"{time.perf_counter() - started:.1f}s (images {image_seconds:.1f}s, "
-                   f"{rate_text(encoded, image_seconds) or '-'})")
+                   f"{rate_text(encoded, image_seconds) or '-'}; precision {loaded.describe_precision()})")
+        for each in models:
+            for note in each.notes:
+                say(f"note: {note}", quiet)
         if embeddings is not None:
             summary += (f"; encoded {sum(r.images_encoded for r in results)}, "
                         f"{sum(r.images_from_store for r in results)} from the store")

@@ -124,6 +124,7 @@ def _mix(files: tuple[str, str], alpha: float | None, out: Path, data: str | Non
 
 def _train(opts: dict, started: float) -> None:
     from ..models import load_model, resolve_weights
+    from ..precision import resolve_device
     from ..prompts import resolve_templates
     from ..train.checkpoint import check_output
     from ..train.data import load_training_data
@@ -147,7 +148,11 @@ def _train(opts: dict, started: float) -> None:
     pretrained = None if opts["pretrained"].strip().lower() == "none" else opts["pretrained"]
     weights = resolve_weights(opts["model"], pretrained)
     with status(f"loading {weights.name} ({pretrained or 'random init'})", quiet):
-        loaded = load_model(weights, device=opts["device"], precision=opts["precision"].value)
+        # Training updates the fp32 weights: on a CPU, "auto" must not pick a bf16 copy of them.
+        precision = opts["precision"].value
+        if precision == "auto" and resolve_device(opts["device"]).type == "cpu":
+            precision = "fp32"
+        loaded = load_model(weights, device=opts["device"], precision=precision)
     kind = "class-name captions" if train.labelled else "captions"
     say(f"fine-tuning {weights.name} on {len(train)} images ({kind}) for {settings.epochs} epoch(s) on "
         f"{loaded.device} ({loaded.precision})", quiet)

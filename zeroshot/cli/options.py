@@ -41,7 +41,8 @@ PretrainedsOpt = Annotated[Optional[list[str]], typer.Option("--pretrained", "-p
 DeviceOpt = Annotated[str, typer.Option("--device", "-d", envvar="ZEROSHOT_DEVICE", rich_help_panel=MODEL_PANEL,
     help="auto | cpu | cuda | cuda:N | mps. auto picks CUDA, then MPS, then CPU.")]
 PrecisionOpt = Annotated[Precision, typer.Option("--precision", envvar="ZEROSHOT_PRECISION", rich_help_panel=MODEL_PANEL,
-    help="auto: fp32 on CPU, bf16 (or fp16) autocast on GPU.")]
+    help="auto: on a CPU with native bf16 (AVX-512 BF16/AMX) bf16, checked against fp32 on the first batch "
+         "(fp32 for the rest if it disagrees), else fp32; bf16 (or fp16) autocast on GPU. fp32 is exact.")]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, rich_help_panel=MODEL_PANEL,
     help="Images per forward pass (default: 32 on CPU, 256 on GPU).")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", "-j", min=0, rich_help_panel=MODEL_PANEL,

@@ -49,7 +49,7 @@ class ClassWeightCache:
             "weights": loaded.weights_id,
             "labels": list(labels),
             "templates": list(templates),
-            "precision": loaded.precision,
+            "precision": loaded.precision_of("text"),
             "device": loaded.device.type,
             "torch": torch.__version__,
             "open_clip": open_clip.__version__,

@@ -11,6 +11,10 @@ order, errors at their place. Vectors come from the store for the files it holds
 now* (same path, size and modification time, or the same content under another name), the other
 files go through the one embedding loop and are added to the store, one transaction per batch.
 
+Vectors are stored under the precision they were encoded at (an ``auto`` precision that falls
+back to fp32 on its first batch stores its vectors under the fp32 key; vectors the run read from
+the store before that were made, and checked, by an earlier run at the reduced precision).
+
 With a store, every vector has the store's precision: a freshly encoded vector is rounded to
 the precision it is stored in (float16 by default) before it is yielded, so a run gives the same
 results whether its vectors were encoded just now or read back later. A problem with the store
@@ -157,6 +161,15 @@ def embed_with_store(
             errors = [(misses[j], reason) for j, reason in batch.errors]
             vectors = batch.embeddings
             if vectors is not None:
+                if embedding_key(loaded, settings.fast_decode) != key:
+                    # An ``auto`` precision fell back to fp32 on its first batch: the vectors
+                    # made from now on belong under the fp32 key, never mixed with the others.
+                    key = embedding_key(loaded, settings.fast_decode)
+                    try:
+                        dtype = store.dtype_of(key)
+                    except StoreError as err:
+                        _warn(f"{err}; not storing the rest")
+                        writing = False
                 vectors = _round(vectors, dtype)
                 stats.encoded += len(indices)
                 if writing:

@@ -134,6 +134,8 @@ class ZeroShotClassifier:
             self.class_weights = build_class_weights(
                 self.loaded, self.labels, self.template_set, text_batch_size, text_progress, self.cache
             ).to(self.loaded.device)
+        if self.loaded.needs_check("image"):
+            self.loaded.check_weights = self.class_weights  # the image check also compares top-1 labels
         self.preprocessor = Preprocessor(self.loaded.preprocess)
         self.store = as_store(store)
         self.last_run = RunStats()

@@ -101,7 +101,9 @@ class EvalResult:
     seconds: float
     image_seconds: float
     device: str = "cpu"
-    precision: str = "fp32"
+    precision: str = "fp32"  # the image tower's (after an ``auto`` check)
+    text_precision: str = "fp32"
+    precision_notes: list[str] = field(default_factory=list)  # what the ``auto`` checks changed
     images_encoded: int = 0  # run through the model in this run
     images_from_store: int = 0  # read from the embedding store
     # The image embeddings ([N, dim], zeros where not encoded) and the first template set's class
@@ -143,6 +145,8 @@ class EvalResult:
             "root": self.root,
             "device": self.device,
             "precision": self.precision,
+            "text_precision": self.text_precision,
+            "precision_notes": self.precision_notes,
             "zeroshot_version": __version__,
         }
 
@@ -259,6 +263,8 @@ def evaluate_models(
             started = time.perf_counter()
             shared_seconds = encoder.seconds if encoder and i == group[0] else 0.0  # the decode pass, counted once
             weights = _class_weights(models[i], dataset, sets, text_batch_size, on_text_progress, weight_cache)
+            if models[i].needs_check("image"):
+                models[i].check_weights = weights[0]  # the image check also compares top-1 classes
             image_started = time.perf_counter()
             reuse = ReuseStats()
             progress = on_image_progress if encoder is None else None
@@ -313,6 +319,8 @@ def _result(loaded: LoadedModel, dataset: EvalDataset, sets: list[TemplateSet], 
         image_seconds=image_seconds,
         device=str(loaded.device),
         precision=loaded.precision,
+        text_precision=loaded.precision_of("text"),
+        precision_notes=list(loaded.notes),
         images_encoded=reuse.encoded,
         images_from_store=reuse.from_store,
         features=features,
