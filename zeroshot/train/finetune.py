@@ -393,6 +393,8 @@ def finetune(
         raise UsageError("--resume needs --out (the checkpoint is OUT.ckpt) or a checkpoint path")
     if loaded.precision == "fp16":
         raise UsageError("fine-tuning runs in fp32 or bf16 autocast; use --precision bf16 (or fp32)")
+    if getattr(loaded, "reduced", None) is not None:  # a bf16 copy of the weights would go stale as they train
+        raise UsageError("fine-tuning on a CPU trains fp32 weights: load the model with precision='fp32'")
     if val is None and settings.val_fraction:
         train, val = train.split(settings.val_fraction, settings.seed)
     if len(train) < 2:
