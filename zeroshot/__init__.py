@@ -63,6 +63,10 @@ _EXPORTS = {
     "Store": "store.db",
     "search": "tasks.search",
     "Query": "tasks.search",
+    "locate": "tasks.locate",
+    "LocateSettings": "tasks.locate",
+    "similarity": "tasks.similarity",
+    "SimilarityResult": "tasks.similarity",
 }
 
 __all__ = [
@@ -74,6 +78,7 @@ __all__ = [
     "execute_sort", "folder_name", "list_pretrained_models", "load_dataset", "load_model",
     "open_image", "plan_sort", "resolve_labels", "resolve_templates", "resolve_weights", "search",
     "sort_images", "to_dataframe", "undo_sort", "write_predictions",
+    "LocateSettings", "SimilarityResult", "locate", "similarity",
 ]
 
 
@@ -106,5 +111,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .store.db import Store
     from .tasks.classify import RankSettings, RunStats, ZeroShotClassifier, classify_to_file
     from .tasks.evaluate import EvalResult, evaluate
+    from .tasks.locate import LocateSettings, locate
     from .tasks.search import Query, search
+    from .tasks.similarity import SimilarityResult, similarity
     from .tasks.sort import SortPlan, SortResult, execute_sort, folder_name, plan_sort, sort_images, undo_sort

@@ -18,8 +18,10 @@ from .._version import __version__
 from . import classify as classify_cmd
 from . import evaluate as evaluate_cmd
 from . import index as index_cmd
+from . import locate as locate_cmd
 from . import models as models_cmd
 from . import search as search_cmd
+from . import similarity as similarity_cmd
 from . import sort as sort_cmd
 from .console import EXIT_USAGE, handle_sigterm, printable, stderr
 from .store import store_app
@@ -141,6 +143,8 @@ app.command("models", context_settings=HELP_OPTIONS)(models_cmd.models)
 app.command("index", context_settings=HELP_OPTIONS)(index_cmd.index)
 app.command("sort", context_settings=HELP_OPTIONS)(sort_cmd.sort)
 app.command("search", context_settings=HELP_OPTIONS)(search_cmd.search)
+app.command("locate", context_settings=HELP_OPTIONS)(locate_cmd.locate)
+app.command("similarity", context_settings=HELP_OPTIONS)(similarity_cmd.similarity)
 app.add_typer(store_app, name="store")
 app.add_typer(templates_app, name="templates")
 

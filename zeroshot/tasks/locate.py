@@ -45,7 +45,7 @@ from ..errors import ImageError, UsageError, ZeroshotError
 from ..models import LoadedModel
 from ..output.rows import round_score
 from ..prompts import TemplateSet, as_template_set
-from ..scoring import class_logits, probabilities
+from ..scoring import probabilities
 from .regions import Box, ScoreGrid, even_edges, hottest_box
 
 METHODS = ("auto", "dense", "crops")
@@ -313,6 +313,8 @@ def locate(
         raise UsageError("no labels: give at least one text to locate (-l TEXT)")
     method = resolve_method(loaded, settings.method)
     weights = build_class_weights(loaded, labels, as_template_set(templates))
+    if on_progress:
+        on_progress(0, len(images))
     for done, item in enumerate(images, 1):
         started = time.perf_counter()
         path = "<image>" if isinstance(item, Image.Image) else _as_path(item)
