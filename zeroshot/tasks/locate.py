@@ -176,15 +176,14 @@ def positions(length: int, size: int, stride: int) -> list[int]:
 
 def crop_boxes(width: int, height: int, patch: int, stride: int, scales: Sequence[float] = (1.0,)
                ) -> list[tuple[int, int, int, int]]:
-    """Every crop ``(x0, y0, x1, y1)``: squares of ``patch * s`` pixels every ``stride * s``
-    pixels for each scale ``s``, covering the whole image (cut to the image when larger)."""
+    """Every crop ``(x0, y0, x1, y1)``: squares of ``patch * s`` pixels (at most the shorter
+    side) every ``stride * s`` pixels for each scale ``s``, covering the whole image."""
     boxes = []
     for scale in scales:
-        side, step = max(1, round(patch * scale)), max(1, round(stride * scale))
-        w, h = min(side, width), min(side, height)
-        for y in positions(height, h, step):
-            for x in positions(width, w, step):
-                boxes.append((x, y, x + w, y + h))
+        side, step = min(max(1, round(patch * scale)), width, height), max(1, round(stride * scale))
+        for y in positions(height, side, step):
+            for x in positions(width, side, step):
+                boxes.append((x, y, x + side, y + side))
     return boxes
 
 
