@@ -11,10 +11,19 @@ from typing import Annotated, Optional
 import typer
 
 from ..data.decode import DEFAULT_MAX_PIXELS
-from ..data.discover import IMAGE_EXTENSIONS
 from ..errors import UsageError
 from ..models import DEFAULT_MODEL, DEFAULT_PRETRAINED
-from .console import EXIT_PARTIAL, Progress, cli_errors, printable, say, status
+from .console import (
+    EXIT_PARTIAL,
+    Progress,
+    cli_errors,
+    printable,
+    require_images,
+    require_parent,
+    say,
+    status,
+    stdout_keeps_bytes,
+)
 from .options import (
     OUTPUT_PANEL,
     PROMPT_PANEL,
@@ -114,18 +123,13 @@ def locate(
                                   batch_size, max_pixels)
         template_set = resolve_templates(templates)
         fmt = choose_format(output_format.value, output, sys.stdout.isatty())
-        if output is not None and not (output.parent if str(output.parent) else Path(".")).is_dir():
-            raise UsageError(f"--output {output}: folder {output.parent} does not exist")
+        require_parent("--output", output)
         if not no_plot:
             from ..output.plots import pyplot
 
             pyplot("--out", " (or pass --no-plot for the grids and rows only)")  # refuse before any work when matplotlib is missing
         found = discover(images, recursive=recursive, include_hidden=hidden)
-        if not found.sources:
-            problems = found.problems
-            why = f" ({printable(problems[0][0])}: {problems[0][1]})" if problems else ""
-            raise UsageError(f"found 0 images in {', '.join(images)}{why}; supported extensions are "
-                             f"{' '.join(sorted(IMAGE_EXTENSIONS))}")
+        require_images(found, images)
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -147,10 +151,7 @@ def locate(
                 skipped += result.error is not None
                 rows += save_located(result, out, names, plot=not no_plot)
         if output is None:
-            try:
-                sys.stdout.reconfigure(errors="surrogateescape")
-            except (AttributeError, ValueError, OSError):
-                pass
+            stdout_keeps_bytes()
         write_records(rows, fmt, COLUMNS, output, safe_csv=not raw_csv)
         summary = (f"locate: {len(found.items) - skipped} image(s) x {len(label_list)} label(s) by {chosen} in "
                    f"{time.perf_counter() - started:.1f}s; pictures and grids in {printable(str(out))}")

@@ -11,10 +11,19 @@ from typing import Annotated, Optional
 import typer
 
 from ..data.decode import DEFAULT_MAX_PIXELS
-from ..data.discover import IMAGE_EXTENSIONS
 from ..errors import UsageError
 from ..models import DEFAULT_MODEL, DEFAULT_PRETRAINED
-from .console import EXIT_PARTIAL, Progress, cli_errors, printable, say, status
+from .console import (
+    EXIT_PARTIAL,
+    Progress,
+    cli_errors,
+    printable,
+    require_images,
+    require_parent,
+    say,
+    status,
+    stdout_keeps_bytes,
+)
 from .options import (
     OUTPUT_PANEL,
     PROMPT_PANEL,
@@ -95,9 +104,8 @@ def similarity(
             raise UsageError("give the texts to compare with: -t TEXT (repeatable) or --texts FILE")
         template_set = resolve_templates(templates)
         fmt = choose_format(output_format.value, output, sys.stdout.isatty())
-        for option, path in (("--output", output), ("--plot", plot)):
-            if path is not None and not (path.parent if str(path.parent) else Path(".")).is_dir():
-                raise UsageError(f"{option} {path}: folder {path.parent} does not exist")
+        require_parent("--output", output)
+        require_parent("--plot", plot)
         if plot is not None:
             if plot.suffix.lower() != ".png":
                 raise UsageError(f"--plot {plot}: the picture is a PNG; name it .png")
@@ -105,11 +113,7 @@ def similarity(
 
             pyplot("--plot")
         found = discover(images, recursive=recursive, include_hidden=hidden)
-        if not found.sources:
-            problems = found.problems
-            why = f" ({printable(problems[0][0])}: {problems[0][1]})" if problems else ""
-            raise UsageError(f"found 0 images in {', '.join(images)}{why}; supported extensions are "
-                             f"{' '.join(sorted(IMAGE_EXTENSIONS))}")
+        require_images(found, images)
         weights_ref = resolve_weights(model, pretrained)
         with status(f"loading {model} ({pretrained or 'random init'})", quiet):
             loaded = load_model(weights_ref, device=device, precision=precision.value)
@@ -119,10 +123,7 @@ def similarity(
                                     on_progress=progress.tracker("reading images", rate_unit="img"),
                                     on_skip=progress.skipping)
         if output is None:
-            try:
-                sys.stdout.reconfigure(errors="surrogateescape")
-            except (AttributeError, ValueError, OSError):
-                pass
+            stdout_keeps_bytes()
         rows = result.long_rows() if layout.value == "long" else result.wide_rows(value.value)
         columns, records = dict_records(rows)
         write_records(records, fmt, columns, output, safe_csv=not raw_csv)
