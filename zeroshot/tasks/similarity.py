@@ -29,7 +29,6 @@ from ..encode.embed import EmbedSettings, embed_images
 from ..encode.text import build_class_weights
 from ..errors import UsageError
 from ..models import LoadedModel
-from ..output.rows import round_score
 from ..prompts import TemplateSet, as_template_set
 
 ProgressHook = Callable[[int, int], None]
@@ -73,15 +72,6 @@ class SimilarityResult:
         if which not in matrices:
             raise UsageError(f"{which!r} is not one of {', '.join(matrices)}")
         return matrices[which]
-
-    def as_document(self) -> dict[str, Any]:
-        """The JSON document: the paths, the texts and the three matrices (rounded)."""
-        def rounded(m: torch.Tensor) -> list[list[float]]:
-            return [[round_score(v) for v in row] for row in m.tolist()]
-        return {"images": self.paths, "texts": self.texts, "logit_scale": round_score(self.logit_scale),
-                "cosine": rounded(self.cosine), "softmax_texts": rounded(self.texts_given_image),
-                "softmax_images": rounded(self.images_given_text),
-                "skipped": [{"path": p, "error": e} for p, e in self.skipped]}
 
 
 def similarity_matrices(images: torch.Tensor, texts: torch.Tensor, logit_scale: torch.Tensor | float
