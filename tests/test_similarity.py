@@ -100,6 +100,8 @@ def test_cli_wide_matrix_from_a_texts_file_and_plot(tiny_ckpt, tiny_loaded, thre
     ([], "give the texts"),
     (["-t", "x", "--plot", "m.jpg"], "name it .png"),
     (["-t", "x", "--layout", "wide", "--value", "nope"], "nope"),
+    (["-t", "x", "-t", "x"], "duplicate label 'x' in the texts"),
+    (["-t", "path", "--layout", "wide"], "use the long layout"),
 ])
 def test_cli_refuses(tiny_ckpt, three_images, args, message):
     result = cli_strict("similarity", three_images[0], *args, *tiny_cli_args(tiny_ckpt))

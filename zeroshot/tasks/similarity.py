@@ -18,6 +18,7 @@ text as given). Images that cannot be read are left out of the matrix and listed
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,7 @@ from ..encode.embed import EmbedSettings, embed_images
 from ..encode.text import build_class_weights
 from ..errors import UsageError
 from ..models import LoadedModel
-from ..prompts import TemplateSet, as_template_set
+from ..prompts import SingleLabelWarning, TemplateSet, as_template_set, validate_labels
 
 ProgressHook = Callable[[int, int], None]
 SkipHook = Callable[[str, str], None]
@@ -63,6 +64,8 @@ class SimilarityResult:
         """One row per image: ``path`` then one column per text holding ``which`` (cosine,
         softmax_texts or softmax_images)."""
         matrix = self.matrix(which)
+        if "path" in self.texts:
+            raise UsageError("a text is 'path', the name of the first column of the wide layout; use the long layout")
         return [{"path": path, **{text: float(matrix[i, j]) for j, text in enumerate(self.texts)}}
                 for i, path in enumerate(self.paths)]
 
@@ -97,6 +100,9 @@ def similarity(
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
         raise UsageError("no texts: give at least one text (-t TEXT or --texts FILE)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SingleLabelWarning)  # one text is a fine question here
+        texts = list(validate_labels(texts, "the texts"))
     if images and all(isinstance(i, (str, os.PathLike)) for i in images):
         images = discover([os.fspath(i) for i in images]).items
     weights = build_class_weights(loaded, texts, as_template_set(templates))
