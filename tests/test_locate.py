@@ -4,6 +4,7 @@ synthetic grids, label competition against the direct formula, the CLI's files a
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -399,3 +400,27 @@ def test_cli_says_how_to_install_matplotlib(monkeypatch, tiny_ckpt, scene, tmp_p
     result = cli_strict("locate", scene, "-l", "a cat", "--out", tmp_path / "m", *tiny_cli_args(tiny_ckpt))
     assert result.exit_code == 2
     assert "pip install 'zeroshot[see]'" in result.stderr and "--no-plot" in result.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--scales", "1,x"], "--scales"),
+    (["--scales", "1,-0.5"], "positive factors"),
+    (["--method", "dense", "--resolution", "8"], "--resolution"),
+    ([], "no labels given"),
+])
+def test_cli_refuses_bad_options(tiny_ckpt, scene, tmp_path, args, message):
+    labels = [] if not args else ["-l", "a cat"]
+    result = cli_strict("locate", scene, *labels, *args, "--out", tmp_path / "m", *tiny_cli_args(tiny_ckpt))
+    assert result.exit_code == 2 and message in result.stderr
+    assert not (tmp_path / "m").exists()  # refused before any work
+
+
+def test_same_names_in_different_folders_get_distinct_files(tiny_ckpt, tmp_path):
+    a = make_image(tmp_path / "a" / "x.png", (200, 30, 30))
+    b = make_image(tmp_path / "b" / "x.png", (30, 30, 200))
+    out = tmp_path / "m"
+    result = cli_strict("locate", a, b, "-l", "a cat", "--no-plot", "--out", out, "-f", "jsonl",
+                        *tiny_cli_args(tiny_ckpt))
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["path"] for r in rows] == [str(a), str(b)]
+    assert len({r["grid"] for r in rows}) == 2 and all(Path(r["grid"]).parent == out for r in rows)
