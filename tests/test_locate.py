@@ -295,6 +295,19 @@ def test_box_maps_uneven_cells_to_original_pixels():
     assert (box.x0, box.y0, box.x1, box.y1) == (7, 3, 31, 9)
 
 
+def test_the_base_is_the_median_background_level():
+    from zeroshot.tasks.regions import hottest_box
+
+    # background at 0.4, the object at 0.7-0.8, a cold second object at -0.1
+    values = np.full((6, 6), 0.4)
+    values[0:2, 3:5] = [[0.7, 0.8], [0.75, 0.7]]
+    values[4:6, 0:2] = -0.1
+    box = hottest_box(grid_of(values), threshold=0.5)  # base 0.4: cells >= 0.6
+    assert (box.x0, box.y0, box.x1, box.y1) == (30, 0, 50, 20)
+    whole = hottest_box(grid_of(values), threshold=0.5, baseline="min")  # base -0.1: cells >= 0.35
+    assert (whole.x0, whole.y0, whole.x1, whole.y1) == (0, 0, 60, 60)
+
+
 def test_flat_grid_gives_the_whole_image_and_diagonals_do_not_connect():
     from zeroshot.tasks.regions import hottest_box
 
@@ -315,7 +328,8 @@ def test_box_property_contains_the_peak_and_only_hot_cells(cells, threshold):
     assert box.x0 <= c * 10 < box.x1 and box.y0 <= r * 10 < box.y1
     assert box.score == pytest.approx(values.max())
     exact = values.astype(np.float64)
-    mask = exact >= exact.min() + threshold * (exact.max() - exact.min())
+    base = np.median(exact)
+    mask = exact >= base + threshold * (exact.max() - base)
     mask[r, c] = True
     region = connected_region(mask, (int(r), int(c)))
     assert mask[region].all() and box.region_score == pytest.approx(values[region].mean(), rel=1e-6)

@@ -83,7 +83,8 @@ def locate(
     scales: Annotated[str, typer.Option("--scales", rich_help_panel=METHOD_PANEL,
         help="crops: factors of --patch/--stride to repeat the crops at, e.g. 1,0.5.")] = "1",
     threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, rich_help_panel=METHOD_PANEL,
-        help="Box: cells scoring at least min + T*(max - min), connected to the hottest cell.")] = 0.5,
+        help="Box: cells scoring at least base + T*(max - base), base = the map's median (the background's "
+             "level), connected to the hottest cell.")] = 0.5,
     output_format: Annotated[OutputFormat, typer.Option("--format", "-f", rich_help_panel=OUTPUT_PANEL,
         help="Rows (one per image and label): auto = from --output's extension, else a table on a terminal and "
              "CSV when piped.")] = OutputFormat.auto,

@@ -6,8 +6,11 @@ y_edges[i + 1]``. The dense method's cells are the model's patch tokens; the cro
 are the pieces the overlapping crops cut the image into (irregular, but every pixel of a cell is
 covered by the same crops, so the grid is exact).
 
-The hottest region: the cells scoring at least ``min + threshold * (max - min)`` that are
-connected (4-neighbourhood) to the best cell; its box is the union of those cells' pixels.
+The hottest region: the cells scoring at least ``base + threshold * (max - base)`` that are
+connected (4-neighbourhood) to the best cell; its box is the union of those cells' pixels. The
+base is the grid's median score by default: an object usually covers less than half of the
+image, so the median is the background's level, and the region is what stands out above it (with
+the minimum as the base, a background only slightly cooler than the object joins the region).
 """
 
 from __future__ import annotations
@@ -88,13 +91,19 @@ def connected_region(mask: np.ndarray, seed: tuple[int, int]) -> np.ndarray:
     return region
 
 
-def hottest_box(grid: ScoreGrid, threshold: float = 0.5) -> Box:
+BASELINES = ("median", "min")
+
+
+def hottest_box(grid: ScoreGrid, threshold: float = 0.5, baseline: str = "median") -> Box:
     """The box around the hottest region of ``grid`` (see the module docstring); ``threshold``
-    in [0, 1] is the fraction of the way from the lowest to the highest score a cell needs."""
+    in [0, 1] is the fraction of the way from the base (the ``baseline``: the grid's median or
+    minimum score) to the highest score a cell needs."""
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline {baseline!r} is not one of {', '.join(BASELINES)}")
     values = np.asarray(grid.values, dtype=np.float64)
     seed = tuple(int(i) for i in np.unravel_index(np.argmax(values), values.shape))
-    low, high = float(values.min()), float(values.max())
-    mask = values >= low + threshold * (high - low)
+    base = float(np.median(values) if baseline == "median" else values.min())
+    mask = values >= base + threshold * (float(values.max()) - base)
     mask[seed] = True
     region = connected_region(mask, seed)
     rows, cols = np.nonzero(region)
