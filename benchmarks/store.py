@@ -3,6 +3,7 @@ stored as float16 blobs in SQLite WAL), measured the way search will use it::
 
     python benchmarks/store.py                       # 100,000 and 1,000,000 vectors
     python benchmarks/store.py --sizes 100000 --dim 768
+    python benchmarks/store.py --sizes 0 --cold-search 0 --approximate 1000000   # the usearch index
 
 Per size: insert time (Store.add, one transaction per 256 vectors, the batch size of a GPU
 index run), database size, cold load (a fresh process: Store.open + Store.matrix, the file in
@@ -10,6 +11,13 @@ the page cache), the resident memory the loaded matrix adds to that process, and
 brute-force query (one fp32 matrix-vector product + top-10, median of repeats, in that process).
 Sizes whose float32 matrix would not fit in the memory available are extrapolated linearly from
 the largest measured one, and marked so.
+
+``--approximate N``: a store of N clustered unit vectors (N/100 centres plus noise of 0.7 times
+their scale: shaped like image embeddings, where uniform noise is the worst case for any graph index), its approximate
+index built (zeroshot.store.ann, usearch HNSW), then per query: the exact ranking (fp32 matrix @
+query + top 10) against the approximate one (index candidates, re-scored from the store), their
+latencies (medians, interleaved) and the recall@10 of the approximate list; plus build time,
+index file size and the resident memory each way adds to a fresh process.
 """
 
 from __future__ import annotations
@@ -178,6 +186,94 @@ def cold_search(work: Path, n: int, dim: int, repeats: int) -> dict:
             "python_import_torch_open_clip_s": import_torch, **phases}
 
 
+# Runs in a fresh process: open the index (memory-mapped) and query it; prints JSON.
+_ANN_COLD = """
+import json, sys, time, numpy as np, torch
+from zeroshot.store import Store, EmbeddingKey
+from zeroshot.store.ann import ApproximateIndex
+
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
+
+key = EmbeddingKey(**json.loads(sys.argv[2]))
+torch.zeros(1) @ torch.zeros(1)
+before = rss()
+t0 = time.perf_counter()
+store = Store.open(sys.argv[1], create=False)
+index = ApproximateIndex(store, key)
+assert index.is_fresh()
+query = np.random.default_rng(5).standard_normal(int(sys.argv[3])).astype(np.float32)
+query /= np.linalg.norm(query)
+ids = index.candidates(query, 64)
+paths, matrix = store.rows(key, ids.tolist())
+top = torch.topk(matrix @ torch.from_numpy(query), 10)
+print(json.dumps({"cold_s": time.perf_counter() - t0, "rss_bytes": rss() - before}))
+"""
+
+
+def clustered_store(folder: Path, n: int, dim: int):
+    from zeroshot.store import EmbeddingKey, FileRecord, Store
+
+    key = EmbeddingKey(model="synthetic", weights=f"clustered-{dim}", preprocess="none", decode="exact",
+                       precision="fp32", pretrained="synthetic")
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((max(n // 100, 10), dim)).astype(np.float32)
+    with Store.open(folder) as store:
+        for start in range(0, n, 4096):
+            count = min(4096, n - start)
+            vectors = centres[rng.integers(0, len(centres), count)] + 0.7 * rng.standard_normal((count, dim), dtype=np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            store.add(key, [FileRecord(f"/photos/{i // 1000:04d}/IMG_{i:07d}.jpg", 0, i, i.to_bytes(32, "big"),
+                                       vectors[i - start]) for i in range(start, start + count)])
+        store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return key, centres
+
+
+def approximate(work: Path, n: int, dim: int, repeats: int) -> dict:
+    """The approximate index against exact search on one store (see the module docstring)."""
+    import statistics
+    from dataclasses import asdict
+
+    import torch
+
+    from zeroshot.store import Store
+    from zeroshot.store.ann import ApproximateIndex
+
+    folder = work / f"ann{n}"
+    shutil.rmtree(folder, ignore_errors=True)
+    key, centres = clustered_store(folder, n, dim)
+    store = Store.open(folder, create=False)
+    index = ApproximateIndex(store, key)
+    t0 = time.perf_counter()
+    index.build()
+    build_s = time.perf_counter() - t0
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cold_run = json.loads(subprocess.run([sys.executable, "-c", _ANN_COLD, str(folder), json.dumps(asdict(key)),
+                                          str(dim)], capture_output=True, text=True, env=env, check=True).stdout)
+    names, matrix = store.matrix(key)
+    rng = np.random.default_rng(3)
+    queries = torch.nn.functional.normalize(torch.from_numpy(
+        centres[rng.integers(0, len(centres), repeats)] + 0.7 * rng.standard_normal((repeats, dim), dtype=np.float32)), dim=1)
+    exact_t, approx_t, recall = [], [], []
+    for query in queries:  # interleaved: the same query each way, one after the other
+        t0 = time.perf_counter()
+        want = set(torch.topk(matrix @ query, 10).indices.tolist())
+        exact_t.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        ids = index.candidates(query.numpy(), 64)
+        paths, rows = store.rows(key, ids.tolist())
+        best = torch.topk(rows @ query, 10).indices.tolist()
+        approx_t.append(time.perf_counter() - t0)
+        recall.append(len({int(ids[i]) - 1 for i in best} & want) / 10)  # row ids are 1-based, in matrix order
+    size = index.path.stat().st_size
+    store.close()
+    shutil.rmtree(folder, ignore_errors=True)
+    return {"n": n, "build_s": build_s, "index_bytes": size, "exact_ms": statistics.median(exact_t) * 1e3,
+            "approx_ms": statistics.median(approx_t) * 1e3, "recall10": statistics.mean(recall),
+            "min_recall10": min(recall), "queries": repeats, **cold_run}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100000,1000000", help="comma-separated numbers of vectors")
@@ -187,8 +283,10 @@ def main() -> None:
     parser.add_argument("--cold-search", type=int, default=100_000, metavar="N",
                         help="also time 'zeroshot search' in a fresh process on a store of N vectors with a "
                              "ViT-B-32 key (0: skip)")
+    parser.add_argument("--approximate", type=int, default=0, metavar="N",
+                        help="also measure the approximate index (pip install 'zeroshot[ann]') on N clustered vectors")
     args = parser.parse_args()
-    sizes = [int(s.replace("_", "")) for s in args.sizes.split(",")]
+    sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if int(s.replace("_", ""))]
     work = Path(args.dir or tempfile.mkdtemp(prefix="zeroshot-store-bench-"))
     results = []
     measured: dict | None = None
@@ -211,6 +309,7 @@ def main() -> None:
             results.append(measured)
             shutil.rmtree(folder, ignore_errors=True)
         searched = cold_search(work, args.cold_search, 512, 3) if args.cold_search else None
+        approx = approximate(work, args.approximate, args.dim, 100) if args.approximate else None
     finally:
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -238,6 +337,13 @@ def main() -> None:
         print(f"  phases in a fresh process: imports {searched['import_s']:.2f}s, model load "
               f"{searched['model_s']:.2f}s, first search (store load + text + query) {searched['first_search_s']:.2f}s; "
               f"then a warm search (text encode + query + top 20) {searched['warm_search_s'] * 1e3:.0f}ms")
+    if approx:
+        print(f"approximate index on {approx['n']:,} clustered {args.dim}-d vectors: built in {approx['build_s']:.0f}s, "
+              f"{approx['index_bytes'] / 1e6:.0f}MB file; query (top 10, {approx['queries']} queries, interleaved "
+              f"medians): exact {approx['exact_ms']:.1f}ms, approximate {approx['approx_ms']:.2f}ms "
+              f"({approx['exact_ms'] / approx['approx_ms']:.0f}x); recall@10 {approx['recall10']:.3f} "
+              f"(worst query {approx['min_recall10']:.1f}); fresh process open+query {approx['cold_s']:.2f}s, "
+              f"+{approx['rss_bytes'] / 1e6:.0f}MB RSS")
     print("command: python benchmarks/store.py " + " ".join(sys.argv[1:]))
 
 

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "zeroshot"
 # Lower layers never import higher ones (the CLI is a client of everything, nothing imports it).
 LAYERS = [
     {"_version", "errors", "precision", "prompts", "scoring", "metrics"},
-    {"checkpoints", "models"},
+    {"checkpoints", "models", "hf"},
     {"data"},
     {"encode"},
     {"output"},

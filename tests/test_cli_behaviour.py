@@ -121,7 +121,7 @@ USAGE_ERRORS = [
     (["classify"], ["Missing argument", "zeroshot classify --help"]),
     (["classify", "x.jpg", "-l", "a", "--top-k", "0"], ["--top-k", "greater than or equal to 1"]),
     (["classify", "x.jpg", "-l"], ["'-l' requires an argument", "zeroshot classify --help"]),
-    (["eval"], ["Missing argument 'dataset'", "imagenet, cifar10, cifar100, folder, csv"]),
+    (["eval"], ["Missing argument 'dataset'", "imagenet, imagenetv2", "cifar100, food101", "folder, csv, wds, retrieval"]),
     (["eval", "imagenet", "--limit", "many"], ["--limit", "integer"]),
     (["models", "--cahed"], ["No such option: --cahed", "Did you mean --cached?"]),
     (["templates", "show"], ["Missing argument", "zeroshot templates show --help"]),

@@ -48,9 +48,11 @@ _EXPORTS = {
     "build_class_weights": "encode.text",
     "encode_prompts": "encode.text",
     "EvalDataset": "data.datasets",
-    "load_dataset": "data.datasets",
+    "load_dataset": "data.catalog",
     "EvalResult": "tasks.evaluate",
     "evaluate": "tasks.evaluate",
+    "evaluate_models": "tasks.evaluate",
+    "embed_images_many": "encode.embed",
     "Metrics": "metrics",
     "compute_metrics": "metrics",
     "plan_sort": "tasks.sort",
@@ -67,6 +69,12 @@ _EXPORTS = {
     "LocateSettings": "tasks.locate",
     "similarity": "tasks.similarity",
     "SimilarityResult": "tasks.similarity",
+    "ReportItem": "output.report",
+    "write_report": "output.report",
+    "write_eval_report": "tasks.report",
+    "RetrievalDataset": "data.captions",
+    "RetrievalResult": "tasks.retrieval",
+    "evaluate_retrieval": "tasks.retrieval",
 }
 
 __all__ = [
@@ -79,6 +87,9 @@ __all__ = [
     "open_image", "plan_sort", "resolve_labels", "resolve_templates", "resolve_weights", "search",
     "sort_images", "to_dataframe", "undo_sort", "write_predictions",
     "LocateSettings", "SimilarityResult", "locate", "similarity",
+    "ReportItem", "write_report", "write_eval_report",
+    "RetrievalDataset", "RetrievalResult", "evaluate_retrieval",
+    "evaluate_models", "embed_images_many",
 ]
 
 
@@ -96,22 +107,27 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from .data.datasets import EvalDataset, load_dataset
+    from .data.captions import RetrievalDataset
+    from .data.catalog import load_dataset
+    from .data.datasets import EvalDataset
     from .data.decode import open_image
     from .data.discover import discover
     from .encode.cache import ClassWeightCache
-    from .encode.embed import Embedded, EmbedSettings, embed_images
+    from .encode.embed import Embedded, EmbedSettings, embed_images, embed_images_many
     from .encode.text import build_class_weights, encode_prompts
     from .errors import ImageError, ModelLoadError, OutputError, UsageError, ZeroshotError
     from .metrics import Metrics, compute_metrics
     from .models import LoadedModel, list_pretrained_models, load_model, resolve_weights
+    from .output.report import ReportItem, write_report
     from .output.rows import Prediction, to_dataframe
     from .output.writers import FORMATS, write_predictions
     from .prompts import TemplateSet, resolve_labels, resolve_templates
     from .store.db import Store
     from .tasks.classify import RankSettings, RunStats, ZeroShotClassifier, classify_to_file
-    from .tasks.evaluate import EvalResult, evaluate
+    from .tasks.evaluate import EvalResult, evaluate, evaluate_models
     from .tasks.locate import LocateSettings, locate
+    from .tasks.report import write_eval_report
+    from .tasks.retrieval import RetrievalResult, evaluate_retrieval
     from .tasks.search import Query, search
     from .tasks.similarity import SimilarityResult, similarity
     from .tasks.sort import SortPlan, SortResult, execute_sort, folder_name, plan_sort, sort_images, undo_sort

@@ -75,3 +75,45 @@ def topk_indices(logits: torch.Tensor) -> torch.Tensor:
 def compute_metrics(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None = None) -> Metrics:
     """acc1, acc5 (``None`` below 5 classes) and mean per-class recall from ``[N, C]`` logits."""
     return metrics_from_topk(topk_indices(logits), targets, logits.shape[1], valid)
+
+
+# ----------------------------------------------------------------------------------- retrieval
+
+RECALL_K = (1, 5, 10)
+_RETRIEVAL_CHUNK = 1024
+
+
+def _hits_at_k(scores: torch.Tensor, owner: torch.Tensor, k: int, row_positive) -> torch.Tensor:
+    """For every row of ``scores`` [rows, cols]: is a positive column among its top ``k``?
+    ``owner[c]`` labels column ``c``; ``row_positive(rows, owner_of_topk)`` says which are positive."""
+    k = min(k, scores.shape[1])
+    hits = torch.zeros(scores.shape[0], dtype=torch.bool)
+    for start in range(0, scores.shape[0], _RETRIEVAL_CHUNK):
+        chunk = scores[start:start + _RETRIEVAL_CHUNK]
+        top = chunk.topk(k, dim=1).indices
+        rows = torch.arange(start, start + chunk.shape[0])
+        hits[start:start + chunk.shape[0]] = row_positive(rows, owner[top])
+    return hits
+
+
+def retrieval_metrics(scores: torch.Tensor, text_images: torch.Tensor, valid: torch.Tensor | None = None,
+                      ks: tuple[int, ...] = RECALL_K) -> dict[str, float]:
+    """CLIP_benchmark's retrieval recall@k from ``scores`` [texts, images] (cosine similarities)
+    and the image of every text: ``image_retrieval_recall@k`` is the fraction of texts whose
+    image is among their ``k`` best images (text -> image), ``text_retrieval_recall@k`` the
+    fraction of images with at least one of their captions among their ``k`` best texts (image
+    -> text). Images marked invalid (unreadable) are never retrieved and count as misses; ``k``
+    beyond the number of candidates means all of them."""
+    num_texts, num_images = scores.shape
+    valid = torch.ones(num_images, dtype=torch.bool) if valid is None else valid
+    scores = scores.float().masked_fill(~valid.view(1, -1), float("-inf"))
+    image_ids = torch.arange(num_images)
+    metrics = {}
+    for k in ks:
+        text_hits = _hits_at_k(scores, image_ids, k, lambda rows, top: (top == text_images[rows].view(-1, 1)).any(dim=1))
+        text_hits &= valid[text_images]
+        image_hits = _hits_at_k(scores.t(), text_images, k, lambda rows, top: (top == rows.view(-1, 1)).any(dim=1))
+        image_hits &= valid
+        metrics[f"image_retrieval_recall@{k}"] = text_hits.float().mean().item() if num_texts else 0.0
+        metrics[f"text_retrieval_recall@{k}"] = image_hits.float().mean().item() if num_images else 0.0
+    return metrics

@@ -1,5 +1,6 @@
 """Resolve and load CLIP models with open_clip: architecture names, pretrained tags, ``hf-hub:``
 ids, local checkpoint files; device and precision; fast, actionable errors when weights are missing.
+Hugging Face transformers CLIP/SigLIP models (``hf:`` ids and folders) come through :mod:`zeroshot.hf`.
 """
 
 from __future__ import annotations
@@ -297,6 +298,7 @@ class WeightsRef:
     create_args: tuple
     create_kwargs: tuple[tuple[str, Any], ...] = ()
     checkpoint: str | None = None  # a local weights file
+    backend: str = "open_clip"  # or "transformers" (hf: models; create_args holds the folder)
 
 
 def resolve_weights(model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED) -> WeightsRef:
@@ -306,6 +308,10 @@ def resolve_weights(model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT
     are neither cached nor downloadable."""
     import open_clip
 
+    from .hf import is_hf_model  # torch and (lazily) transformers live there
+
+    if not model.startswith(HF_HUB_PREFIX) and is_hf_model(model):
+        return _resolve_hf(model)
     register_model_configs()
     kwargs: dict[str, Any] = {}
     if model.startswith(HF_HUB_PREFIX):
@@ -351,6 +357,37 @@ def resolve_weights(model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT
                       (arch, pretrained), tuple(kwargs.items()))
 
 
+def _resolve_hf(model: str) -> WeightsRef:
+    """A transformers CLIP/SigLIP model: a local folder, or a hub id from the cache (downloaded
+    when missing and the hub can be reached)."""
+    from .hf import (
+        cached_snapshot,
+        download_snapshot,
+        folder_identity,
+        local_folder,
+        read_config,
+        repo_id,
+        require_transformers,
+    )
+
+    require_transformers(model)
+    folder = local_folder(model)
+    if folder is None:
+        repo = repo_id(model)
+        folder = cached_snapshot(repo)
+        if folder is None:
+            if _offline() or not _hub_reachable():
+                why = "HF_HUB_OFFLINE is set" if _offline() else "the Hugging Face hub cannot be reached"
+                hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
+                raise ModelLoadError(f"--model {model}: not in the local cache ({hf_home}/hub) and {why}; download "
+                                     f"it on a machine with network (huggingface-cli download {repo}) and copy "
+                                     "the cache, or pass a local folder: --model hf:/path/to/folder")
+            folder = download_snapshot(repo, model)
+    read_config(folder, model)
+    weights_id = f"hf:{folder_identity(folder)}"
+    return WeightsRef(model, model, "", weights_id, f"--model {model}", (str(folder),), backend="transformers")
+
+
 def load_model(
     model: str | WeightsRef = DEFAULT_MODEL,
     pretrained: str | None = DEFAULT_PRETRAINED,
@@ -370,6 +407,11 @@ def load_model(
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
     resolved_precision = resolve_precision(precision, torch_device)
     source = ref.source
+    if ref.backend == "transformers":
+        from .hf import load as load_hf
+
+        net, tokenizer, preprocess = load_hf(Path(ref.create_args[0]), ref.name)
+        return _ready(net, tokenizer, preprocess, ref, torch_device, resolved_precision)
     try:
         logging.disable(logging.WARNING)  # open_clip logs through the root logger; we report ourselves
         net, _, preprocess = open_clip.create_model_and_transforms(
@@ -388,8 +430,13 @@ def load_model(
     finally:
         logging.disable(logging.NOTSET)
     _refuse_made_up_bias(net, ref)
+    return _ready(net, tokenizer, preprocess, ref, torch_device, resolved_precision)
 
-    net = net.to(torch_device).eval()
+
+def _ready(net: torch.nn.Module, tokenizer: Callable, preprocess: Callable, ref: WeightsRef,
+           device: torch.device, precision: str) -> LoadedModel:
+    """The model on its device, in eval mode, without gradients, wrapped as a LoadedModel."""
+    net = net.to(device).eval()
     for param in net.parameters():
         param.requires_grad_(False)
     return LoadedModel(
@@ -399,8 +446,8 @@ def load_model(
         name=ref.name,
         pretrained=ref.pretrained,
         weights_id=ref.weights_id,
-        device=torch_device,
-        precision=resolved_precision,
+        device=device,
+        precision=precision,
     )
 
 

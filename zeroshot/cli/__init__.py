@@ -138,7 +138,7 @@ def _root(
 
 
 app.command("classify", context_settings=HELP_OPTIONS)(classify_cmd.classify)
-app.command("eval", context_settings=HELP_OPTIONS)(evaluate_cmd.eval_command)
+app.command("eval", context_settings=HELP_OPTIONS, cls=evaluate_cmd.OrderedOptionsCommand)(evaluate_cmd.eval_command)
 app.command("models", context_settings=HELP_OPTIONS)(models_cmd.models)
 app.command("index", context_settings=HELP_OPTIONS)(index_cmd.index)
 app.command("sort", context_settings=HELP_OPTIONS)(sort_cmd.sort)

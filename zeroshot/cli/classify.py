@@ -30,6 +30,7 @@ from .options import (
     QuietOpt,
     RawCsvOpt,
     RecursiveOpt,
+    ReportOpt,
     TemplatesOpt,
     WorkersOpt,
     fast_decode_option,
@@ -66,6 +67,7 @@ def classify(
         help="Continue an interrupted run writing the same --output: rows already done are kept, the rest "
              "classified. Refused when model, weights, labels or templates changed.")] = False,
     raw_csv: RawCsvOpt = False,
+    html_report: ReportOpt = None,
     recursive: RecursiveOpt = True,
     hidden: HiddenOpt = False,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
@@ -80,6 +82,7 @@ def classify(
     from ..encode.embed import EmbedSettings
     from ..models import load_model, resolve_weights
     from ..output.journal import ResumableOutput, fingerprint
+    from ..output.report import check_report_path
     from ..output.writers import choose_format
     from ..prompts import resolve_labels, resolve_templates
     from ..tasks.classify import RankSettings, ZeroShotClassifier, classify_to_file
@@ -96,6 +99,7 @@ def classify(
         fmt = choose_format(output_format.value, output, sys.stdout.isatty())
         if output is not None and not (output.parent if str(output.parent) else Path(".")).is_dir():
             raise UsageError(f"--output {output}: folder {output.parent} does not exist")
+        check_report_path(html_report)
         found = discover(inputs, recursive=recursive, include_hidden=hidden)
         if not found.sources:
             exts = " ".join(sorted(IMAGE_EXTENSIONS))
@@ -143,7 +147,8 @@ def classify(
                 settings = EmbedSettings(batch_size, workers, max_pixels, fast_decode)
                 stats = classify_to_file(clf, found, output, format=fmt, settings=settings, rank=rank,
                                          journal=journal, safe_csv=not raw_csv,
-                                         on_progress=advance, on_prediction=report)
+                                         on_progress=advance, on_prediction=report,
+                                         report=html_report, on_report_progress=progress.tracker("report"))
         except BaseException:
             if journal is not None:  # a fresh journal with no rows is not worth keeping
                 if journal.resumed or journal.journal is None:
@@ -164,8 +169,8 @@ def classify(
             summary += f"; {stats.kept} rows kept from the interrupted run"
         if stats.error_rows:
             summary += f"; skipped {stats.error_rows} (see 'skipping' lines and the error column)"
-        if output is not None:
-            summary += f"; wrote {printable(str(output))}"
+        if output is not None or html_report is not None:
+            summary += "; wrote " + ", ".join(printable(str(p)) for p in (output, html_report) if p is not None)
         say(summary, quiet)
     if stats is not None and stats.error_rows:
         raise typer.Exit(EXIT_PARTIAL)

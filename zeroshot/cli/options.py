@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ..data.datasets import DATASETS
+from ..data.catalog import DATASETS
 from ..output.writers import FORMAT_NAMES
 from ..precision import PRECISIONS
 
@@ -22,9 +23,19 @@ OutputFormat = Enum("OutputFormat", {name: name for name in ("auto", *FORMAT_NAM
 DatasetName = Enum("DatasetName", {name: name for name in DATASETS}, type=str)  # type: ignore[misc]
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", envvar="ZEROSHOT_MODEL", rich_help_panel=MODEL_PANEL,
-    help="open_clip architecture (ViT-B-32, ViT-L-14, ...) or hf-hub:org/name.")]
+    help="open_clip architecture (ViT-B-32, ViT-L-14, ...), hf-hub:org/name (open_clip on the hub), or "
+         "hf:org/name or hf:FOLDER (a transformers CLIP/SigLIP model; needs zeroshot[hf]).")]
 PretrainedOpt = Annotated[str, typer.Option("--pretrained", "-p", envvar="ZEROSHOT_PRETRAINED", rich_help_panel=MODEL_PANEL,
     help="Pretrained tag (openai, laion2b_s34b_b79k, ...) or a local checkpoint (.pt/.bin/.safetensors).")]
+ModelsOpt = Annotated[Optional[list[str]], typer.Option("--model", "-m", envvar="ZEROSHOT_MODEL",
+    rich_help_panel=MODEL_PANEL, show_default=False,
+    help="Model to evaluate (repeatable: every model x template set in one table): open_clip architecture, "
+         "hf-hub:org/name, or hf:org/name / hf:FOLDER (transformers CLIP/SigLIP; needs zeroshot[hf]). "
+         "Default: ViT-B-32.")]
+PretrainedsOpt = Annotated[Optional[list[str]], typer.Option("--pretrained", "-p", envvar="ZEROSHOT_PRETRAINED",
+    rich_help_panel=MODEL_PANEL, show_default=False,
+    help="Pretrained tag or checkpoint of the --model before it (-m A -p TAG -m B -p TAG, in pairs); a -m without "
+         "-p uses openai.")]
 DeviceOpt = Annotated[str, typer.Option("--device", "-d", envvar="ZEROSHOT_DEVICE", rich_help_panel=MODEL_PANEL,
     help="auto | cpu | cuda | cuda:N | mps. auto picks CUDA, then MPS, then CPU.")]
 PrecisionOpt = Annotated[Precision, typer.Option("--precision", envvar="ZEROSHOT_PRECISION", rich_help_panel=MODEL_PANEL,
@@ -43,6 +54,10 @@ HiddenOpt = Annotated[bool, typer.Option("--hidden", rich_help_panel=INPUT_PANEL
     help="Include dot-files and dot-folders (skipped by default, e.g. macOS ._x.jpg).")]
 RawCsvOpt = Annotated[bool, typer.Option("--raw-csv", rich_help_panel=OUTPUT_PANEL,
     help="Do not neutralise spreadsheet formulas (cells starting with = + - @ tab or CR) in CSV/TSV.")]
+ReportOpt = Annotated[Optional[Path], typer.Option("--report", metavar="FILE.html", rich_help_panel=OUTPUT_PANEL,
+    dir_okay=False, help="Also write a self-contained HTML page to look at: thumbnails with their scores, grouped "
+                         "(sortable, filterable), the skipped files and why; eval adds per-class accuracy and the "
+                         "most confused classes.")]
 
 
 def fast_decode_option(default: bool) -> object:

@@ -31,6 +31,7 @@ from .options import (
     QuietOpt,
     RawCsvOpt,
     RecursiveOpt,
+    ReportOpt,
     WorkersOpt,
     fast_decode_option,
 )
@@ -69,7 +70,12 @@ def search(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", rich_help_panel=OUTPUT_PANEL, dir_okay=False,
         help="Write here (atomically) instead of stdout.")] = None,
     raw_csv: RawCsvOpt = False,
+    html_report: ReportOpt = None,
     store: StoreOpt = None,
+    approximate: Annotated[Optional[bool], typer.Option("--approximate/--exact", show_default=False,
+        help="Searching the whole store: rank through an approximate index (pip install \"zeroshot[ann]\"; built "
+             "once, rebuilt when the store changes; scores stay exact) or exactly. Default: approximate from "
+             "ZEROSHOT_ANN_MIN_ENTRIES (1,000,000) images when usearch is installed.")] = None,
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     device: DeviceOpt = "auto",
@@ -89,8 +95,10 @@ def search(
     from ..data.discover import discover
     from ..encode.embed import EmbedSettings
     from ..models import load_model, resolve_weights
+    from ..output.report import check_report_path
     from ..output.writers import PATH_FORMATS, choose_format, write_records
     from ..prompts import resolve_templates
+    from ..tasks.report import write_search_report
     from ..tasks.search import COLUMNS, Query
     from ..tasks.search import search as run_search
 
@@ -134,6 +142,7 @@ def search(
             fmt = choose_format(output_format.value, output, sys.stdout.isatty())
         if output is not None and not (output.parent if str(output.parent) else Path(".")).is_dir():
             raise UsageError(f"--output {output}: folder {output.parent} does not exist")
+        check_report_path(html_report)
         found = discover(arguments, recursive=recursive, include_hidden=hidden) if arguments else None
         if found is not None and not found.sources:
             exts = " ".join(sorted(IMAGE_EXTENSIONS))
@@ -153,7 +162,8 @@ def search(
                 results = run_search(loaded, queries, found, store=embeddings, top=top, min_score=min_score,
                                      templates=template_set, settings=settings, cache=not no_cache,
                                      on_progress=progress.tracker("reading images", rate_unit="img"),
-                                     on_skip=progress.skipping)
+                                     on_skip=progress.skipping, approximate=approximate,
+                                     on_build=progress.tracker("building the approximate index", rate_unit="vec"))
         finally:
             if embeddings is not None:
                 embeddings.close()
@@ -163,7 +173,12 @@ def search(
             except (AttributeError, ValueError, OSError):
                 pass
         write_records(results.hits, fmt, COLUMNS, output, safe_csv=not raw_csv)
+        if html_report is not None:
+            with Progress(quiet) as progress:
+                write_search_report(html_report, results, queries, model=f"{model} ({pretrained or 'random init'})",
+                                    on_progress=progress.tracker("report"))
         where = " of the store" if found is None else ""
+        where += " (approximate index)" if results.approximate else ""
         summary = (f"search: ranked {results.searched} images{where}, showing {len(results.hits)}, in "
                    f"{time.perf_counter() - started:.1f}s")
         if embeddings is not None and found is not None:
@@ -173,8 +188,8 @@ def search(
                         "('zeroshot store prune --missing' drops them)")
         if results.skipped:
             summary += f"; skipped {len(results.skipped)} (see 'skipping' lines)"
-        if output is not None:
-            summary += f"; wrote {printable(str(output))}"
+        if output is not None or html_report is not None:
+            summary += "; wrote " + ", ".join(printable(str(p)) for p in (output, html_report) if p is not None)
         say(summary, quiet)
     if results is not None and results.skipped:
         raise typer.Exit(EXIT_PARTIAL)

@@ -1,4 +1,5 @@
-"""Labelled datasets for ``zeroshot eval``: ImageNet-1k, CIFAR-10/100, image folders, CSV manifests.
+"""Labelled datasets for ``zeroshot eval``: ImageNet-1k and its variants, CIFAR-10/100, image folders,
+CSV manifests (the full list and the dispatcher: :mod:`zeroshot.data.catalog`).
 
 A dataset is a list of ``(sample, target)`` pairs and the class names in target order. File
 samples become :class:`~zeroshot.data.discover.Source` items for the embedding loop; files found
@@ -18,13 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ImageError, UsageError, ZeroshotError
-from ..prompts import load_builtin, read_entries, validate_labels
+from ..prompts import TemplateSet, load_builtin, read_entries, validate_labels
 from .discover import IMAGE_EXTENSIONS, Source, discover, natural_key
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
-DATASETS = ("imagenet", "cifar10", "cifar100", "folder", "csv")
-# Default template set per dataset kind (CLIP_benchmark uses the CIFAR templates for CIFAR).
-DEFAULT_TEMPLATES = {"imagenet": "openai-80", "cifar10": "cifar", "cifar100": "cifar", "folder": "openai-80", "csv": "openai-80"}
 
 
 @dataclass
@@ -41,6 +39,8 @@ class EvalDataset:
     images: Sequence[Any] | None = None
     errors: dict[str, str] = field(default_factory=dict)
     fs_paths: dict[str, str] = field(default_factory=dict)  # shown path -> file to open, when they differ
+    image_names: Sequence[str] | None = None  # the name of each in-memory image, when it has one
+    templates: TemplateSet | None = None  # the dataset's own templates (WebDataset folders), if any
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -50,7 +50,9 @@ class EvalDataset:
         return [t for _, t in self.samples]
 
     def sample_name(self, sample: str | int) -> str:
-        return sample if isinstance(sample, str) else f"{self.name}/test/{sample:05d}"
+        if isinstance(sample, str):
+            return sample
+        return self.image_names[sample] if self.image_names is not None else f"{self.name}/test/{sample:05d}"
 
     @property
     def names(self) -> list[str]:
@@ -135,27 +137,65 @@ def imagenet_dataset(root: str | os.PathLike, include_hidden: bool = False) -> E
 
     Folders map to classes through the canonical wnid list, not folder order, so any subset of
     classes scores correctly; every image is still classified among all 1000 classes."""
+    return _wnid_dataset("imagenet1k", root, "val", imagenet_wnids(), include_hidden,
+                         "ILSVRC2012_val_00000293.JPEG",
+                         "(a flat folder of ILSVRC2012_val_*.JPEG must first be sorted into one folder per class)")
+
+
+def imagenet_sketch_dataset(root: str | os.PathLike, include_hidden: bool = False) -> EvalDataset:
+    """ImageNet-Sketch: ``root/sketch/<wnid>/*.JPEG`` (or ``root/<wnid>/...``), scored among all 1000 classes."""
+    return _wnid_dataset("imagenet_sketch", root, "sketch", imagenet_wnids(), include_hidden, "sketch_0.JPEG")
+
+
+def imagenet_subset_dataset(name: str, root: str | os.PathLike, include_hidden: bool = False) -> EvalDataset:
+    """ImageNet-R or ImageNet-A: ``root/<wnid>/*.jpg`` for their 200 classes. Only those 200
+    classes compete (as in their papers and CLIP_benchmark), named as in ImageNet-1k."""
+    inner = {"imagenet-r": "imagenet-r", "imagenet-a": "imagenet-a"}[name]
+    return _wnid_dataset(name, root, inner, load_builtin("classes", f"{name}-wnids"), include_hidden, "0.jpg")
+
+
+def imagenetv2_dataset(root: str | os.PathLike, include_hidden: bool = False) -> EvalDataset:
+    """ImageNetV2 (any variant, e.g. matched-frequency): ``root/<class index 0..999>/*.jpeg``, the
+    layout of its archives (``imagenetv2-matched-frequency-format-val/``); folder ``k`` is the
+    ImageNet-1k class ``k``, scored among all 1000 classes."""
     base = _require_dir(root, "--root")
-    folder = base / "val" if (base / "val").is_dir() else base
-    wnids = imagenet_wnids()
+    inner = [base / d for d in ("imagenetv2-matched-frequency-format-val", "imagenetv2-threshold0.7-format-val",
+                                "imagenetv2-top-images-format-val")]
+    folder = next((d for d in inner if d.is_dir()), base)
+    subdirs = _subfolders(folder, "--root")
+    bad = [e.name for e in subdirs if not (e.name.isdigit() and 0 <= int(e.name) < 1000 and str(int(e.name)) == e.name)]
+    layout = f"{folder}/<class index 0..999>/*.jpeg, e.g. {folder}/0/<hash>.jpeg"
+    if bad or not subdirs:
+        found = f"folder(s) {', '.join(repr(b) for b in bad[:3])} are not class indices 0..999" if bad else "no class folders"
+        raise UsageError(f"--root {root}: {found} in {folder}; expected the ImageNetV2 layout {layout}")
+    classnames = tuple(load_builtin("classes", "imagenet"))
+    samples, errors = _collect("imagenetv2", [(os.path.join(str(folder), e.name), int(e.name)) for e in subdirs],
+                               folder, include_hidden)
+    return EvalDataset("imagenetv2", classnames, samples, str(folder), errors=errors)
+
+
+def _wnid_dataset(name: str, root: str | os.PathLike, inner: str, wnids: list[str], include_hidden: bool,
+                  example: str, hint: str = "") -> EvalDataset:
+    """``root/<inner>/<wnid>/*`` (or ``root/<wnid>/*``): folders map to classes through ``wnids``
+    (a subset of ImageNet-1k's, in its order), named as in ImageNet-1k."""
+    base = _require_dir(root, "--root")
+    folder = base / inner if (base / inner).is_dir() else base
     index = {w: i for i, w in enumerate(wnids)}
     subdirs = _subfolders(folder, "--root")
-    layout = f"{base}/val/<wnid>/*.JPEG, e.g. {base}/val/n01440764/ILSVRC2012_val_00000293.JPEG"
+    layout = f"{base}/{inner}/<wnid>/*, e.g. {base}/{inner}/{wnids[0]}/{example}"
     bad = [e.name for e in subdirs if e.name not in index]
     if bad:
         shown = ", ".join(repr(b) for b in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-        raise UsageError(
-            f"--root {root}: folder(s) {shown} in {folder} are not ImageNet-1k WordNet ids (like n01440764); "
-            f"expected the validation layout {layout}"
-        )
+        kind = "ImageNet-1k WordNet ids (like n01440764)" if len(wnids) == 1000 else f"among the {len(wnids)} {name} classes"
+        raise UsageError(f"--root {root}: folder(s) {shown} in {folder} are not {kind}; expected the layout {layout}")
     if not subdirs:
-        raise UsageError(
-            f"--root {root}: no WordNet-id folders in {folder}; expected the validation layout {layout} "
-            "(a flat folder of ILSVRC2012_val_*.JPEG must first be sorted into one folder per class)"
-        )
-    classnames = tuple(load_builtin("classes", "imagenet"))
-    samples, errors = _collect("imagenet", [(os.path.join(str(folder), e.name), index[e.name]) for e in subdirs], folder, include_hidden)
-    return EvalDataset("imagenet1k", classnames, samples, str(folder), errors=errors)
+        raise UsageError(f"--root {root}: no WordNet-id folders in {folder}; expected the layout {layout}"
+                         + (f" {hint}" if hint else ""))
+    all_names = dict(zip(imagenet_wnids(), load_builtin("classes", "imagenet")))
+    classnames = tuple(all_names[w] for w in wnids)
+    samples, errors = _collect(name, [(os.path.join(str(folder), e.name), index[e.name]) for e in subdirs], folder,
+                               include_hidden)
+    return EvalDataset(name, classnames, samples, str(folder), errors=errors)
 
 
 def read_classnames(path: str | os.PathLike) -> dict[str, str]:
@@ -289,23 +329,3 @@ def cifar_dataset(name: str, root: str | os.PathLike, download: bool = False) ->
     if len(classnames) != len(data.classes):
         raise ZeroshotError(f"{where}: {len(data.classes)} classes in the metadata, expected {len(classnames)}")
     return EvalDataset(name, classnames, [(i, int(t)) for i, t in enumerate(data.targets)], str(root), images=data.data)
-
-
-
-def load_dataset(
-    name: str,
-    path: str | os.PathLike,
-    classnames: str | os.PathLike | None = None,
-    download: bool = False,
-    include_hidden: bool = False,
-) -> EvalDataset:
-    """One of :data:`DATASETS` by name."""
-    if name == "imagenet":
-        return imagenet_dataset(path, include_hidden)
-    if name in ("cifar10", "cifar100"):
-        return cifar_dataset(name, path, download)
-    if name == "folder":
-        return folder_dataset(path, classnames, include_hidden)
-    if name == "csv":
-        return csv_dataset(path, classnames)
-    raise UsageError(f"dataset {name!r} is not one of {', '.join(DATASETS)}")

@@ -7,9 +7,11 @@ FIFOs or devices are never opened for blocking reads.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import warnings
+from dataclasses import dataclass
 from typing import IO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -98,6 +100,37 @@ def open_image(fs_path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft_
         raise
     with handle:
         return _decode(handle, fs_path, max_pixels, draft_size)
+
+
+@dataclass(frozen=True)
+class Member:
+    """An image stored as ``size`` bytes at ``offset`` of an uncompressed archive (a WebDataset
+    ``.tar`` shard): read lazily, in the decode worker, by :func:`open_member`."""
+
+    archive: str
+    offset: int
+    size: int
+    name: str
+
+    def load(self, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft_size: int | None = None) -> Image.Image:
+        return open_member(self, max_pixels, draft_size)
+
+
+def open_member(member: Member, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft_size: int | None = None) -> Image.Image:
+    """Decode one archive member like :func:`open_image` decodes a file, or raise :class:`ImageError`."""
+    if member.size == 0:
+        raise ImageError(EMPTY, "archive member is empty (0 bytes)")
+    try:
+        with open(member.archive, "rb") as handle:
+            handle.seek(member.offset)
+            data = handle.read(member.size)
+    except FileNotFoundError:
+        raise ImageError(NOT_FOUND, f"archive {member.archive} disappeared before it was read") from None
+    except OSError as err:
+        raise ImageError(UNREADABLE, err.strerror or str(err)) from None
+    if len(data) < member.size:
+        raise ImageError(TRUNCATED, f"archive ends {member.size - len(data)} bytes before the end of this member")
+    return _decode(io.BytesIO(data), member.archive, max_pixels, draft_size)
 
 
 def _decode(handle: IO[bytes], fs_path: str, max_pixels: int | None, draft_size: int | None) -> Image.Image:

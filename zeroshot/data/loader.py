@@ -61,10 +61,14 @@ class ImageDataset(torch.utils.data.Dataset):
 
 class MemoryImages(torch.utils.data.Dataset):
     """Same contract as :class:`ImageDataset` for images held in memory (PIL images or HxWxC
-    uint8 arrays, e.g. CIFAR)."""
+    uint8 arrays, e.g. CIFAR) or read lazily in the worker (items with a ``load(max_pixels,
+    draft_size)`` method, e.g. archive members)."""
 
-    def __init__(self, images: Sequence[Any], pre: Preprocessor) -> None:
+    def __init__(self, images: Sequence[Any], pre: Preprocessor, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 fast_decode: bool = False) -> None:
         self.images, self.pre = images, pre
+        self.max_pixels = max_pixels
+        self.draft_size = pre.draft_size(fast_decode)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -72,8 +76,12 @@ class MemoryImages(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Item:
         try:
             img = self.images[index]
+            if hasattr(img, "load") and not isinstance(img, Image.Image):
+                img = img.load(self.max_pixels, self.draft_size)
             img = img if isinstance(img, Image.Image) else Image.fromarray(img)
             return index, self.pre.pixels(to_rgb(img)), None
+        except ImageError as err:
+            return index, None, str(err)
         except Exception as err:  # noqa: BLE001
             return index, None, f"{DECODE_ERROR}: {type(err).__name__}: {err}"
 

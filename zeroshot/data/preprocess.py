@@ -26,12 +26,15 @@ class Preprocessor:
         steps = list(getattr(transform, "transforms", []))
         to_tensor = [i for i, s in enumerate(steps) if isinstance(s, ToTensor)]
         self.transform = transform
+        # A transform already split in two (e.g. zeroshot.hf's): uint8_pixels, then normalize.
+        self.presplit = callable(getattr(transform, "uint8_pixels", None)) and callable(
+            getattr(transform, "normalize", None))
         self.split = bool(to_tensor) and to_tensor[0] == len(steps) - 2 and isinstance(steps[-1], Normalize)
         if self.split:
             self.pil_steps = steps[: to_tensor[0]]
             self.mean = torch.tensor(steps[-1].mean, dtype=torch.float32).view(1, -1, 1, 1)
             self.std = torch.tensor(steps[-1].std, dtype=torch.float32).view(1, -1, 1, 1)
-        self.input_size = _input_size(steps)
+        self.input_size = getattr(transform, "input_size", None) if self.presplit else _input_size(steps)
         # Resize(shorter side) then CenterCrop keeps only the central square, so a strip like
         # 20x100000 may be cut to a bounded aspect before resizing: same pixels, bounded memory.
         self.crop_extremes = (
@@ -44,6 +47,8 @@ class Preprocessor:
 
     def pixels(self, img: Image.Image) -> torch.Tensor:
         """Worker side: uint8 ``[3, H, W]`` after resize/crop (or the full float transform)."""
+        if self.presplit:
+            return self.transform.uint8_pixels(img)
         if self.crop_extremes:
             img = crop_extreme_aspect(img)
         if not self.split:
@@ -55,6 +60,8 @@ class Preprocessor:
     def finish(self, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
         """Main side: to the device, then exactly ToTensor's /255 and Normalize."""
         batch = batch.to(device, non_blocking=True)
+        if self.presplit:
+            return self.transform.normalize(batch)
         if not self.split:
             return batch
         mean, std = self.mean.to(device), self.std.to(device)

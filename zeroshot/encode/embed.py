@@ -66,8 +66,26 @@ def embed_images(
 ) -> Iterator[Embedded]:
     """Embed ``inputs`` in order: :class:`~zeroshot.data.discover.Source` items (image files;
     those carrying an ``error`` are reported as such) or images in memory (PIL images or HxWxC
-    uint8 arrays)."""
-    pre = preprocessor or Preprocessor(loaded.preprocess)
+    uint8 arrays, or items read in the decode worker by their ``load(max_pixels, draft_size)``,
+    e.g. :class:`~zeroshot.data.decode.Member` of a WebDataset shard)."""
+    for (batch,) in embed_images_many([loaded], inputs, settings, preprocessor):
+        yield batch
+
+
+def embed_images_many(
+    models: Sequence[LoadedModel],
+    inputs: Sequence[Source] | Sequence[Any],
+    settings: EmbedSettings = EmbedSettings(),
+    preprocessor: Preprocessor | None = None,
+) -> Iterator[list[Embedded]]:
+    """:func:`embed_images` for several models that share one preprocessing: every image is
+    decoded and preprocessed once, then encoded by each model; yields one :class:`Embedded`
+    per model (same indices and errors). The first model's preprocessing (and device, for the
+    decode workers) is used: group models by preprocessing before calling this."""
+    if not models:
+        raise ValueError("embed_images_many needs at least one model")
+    first = models[0]
+    pre = preprocessor or Preprocessor(first.preprocess)
     files = all(isinstance(item, Source) for item in inputs)
     known = {i: str(item.error) for i, item in enumerate(inputs) if files and item.error is not None}
     todo = [i for i in range(len(inputs)) if i not in known]
@@ -75,8 +93,8 @@ def embed_images(
         dataset: torch.utils.data.Dataset = ImageDataset([inputs[i] for i in todo], pre, settings.max_pixels,
                                                          settings.fast_decode)
     else:
-        dataset = MemoryImages(list(inputs), pre)
-    device = loaded.device
+        dataset = MemoryImages(list(inputs), pre, settings.max_pixels, settings.fast_decode)
+    device = first.device
     batch_size = settings.batch_size or default_batch_size(device)
     workers = default_workers(device) if settings.workers is None else settings.workers
     workers = min(workers, max(0, (len(todo) + batch_size - 1) // batch_size))
@@ -85,16 +103,19 @@ def embed_images(
                               timeout=settings.decode_timeout if workers else 0,
                               low_priority=device.type == "cpu")
     for batch in batches:
-        out = Embedded(indices=[todo[i] for i in batch.indices], errors=[(todo[i], e) for i, e in batch.errors])
-        if batch.pixels is not None:
-            out.embeddings = encode_images(loaded, pre.finish(batch.pixels, device)).cpu()
-            if not torch.isfinite(out.embeddings).all():
-                raise NonFiniteError(loaded, "the image tower")
-        last = max(out.indices + [i for i, _ in out.errors])
+        indices = [todo[i] for i in batch.indices]
+        errors = [(todo[i], e) for i, e in batch.errors]
+        last = max(indices + [i for i, _ in errors])
         while pending and pending[0] < last:
             index = pending.pop(0)
-            out.errors.append((index, known[index]))
-        out.errors.sort()
-        yield out
+            errors.append((index, known[index]))
+        errors.sort()
+        outs = [Embedded(indices=list(indices), errors=list(errors)) for _ in models]
+        if batch.pixels is not None:
+            for loaded, out in zip(models, outs):
+                out.embeddings = encode_images(loaded, pre.finish(batch.pixels, loaded.device)).cpu()
+                if not torch.isfinite(out.embeddings).all():
+                    raise NonFiniteError(loaded, "the image tower")
+        yield outs
     if pending:
-        yield Embedded(errors=[(i, known[i]) for i in pending])
+        yield [Embedded(errors=[(i, known[i]) for i in pending]) for _ in models]

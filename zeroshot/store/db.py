@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError, ZeroshotError
+from .ann import remove_indexes
 from .files import DB_NAME, FileRecord, PathMap, content_hash, default_store_dir
 from .keys import EmbeddingKey
 
@@ -453,6 +454,57 @@ class Store:
         self._matrices[key.digest] = (version, paths, matrix)
         return paths, matrix
 
+    def fingerprint(self, key: EmbeddingKey) -> tuple[int, int, float, float]:
+        """Changes whenever an entry of ``key`` is added, replaced or removed: what tells a
+        derived file (the approximate index) that it is out of date."""
+        keyrow = self._key_row(key)
+        if keyrow is None:
+            return (0, 0, 0.0, 0.0)
+        with self._errors("read"):
+            count, last, ids, added = self.conn.execute(
+                "SELECT count(*), coalesce(max(id), 0), total(id), total(added) FROM files WHERE key_id = ?",
+                (keyrow[0],)).fetchone()
+        return (count, last, ids, added)
+
+    def iter_vectors(self, key: EmbeddingKey, chunk: int = 16384) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every entry of ``key`` as ``(row ids uint64 [n], float32 [n, dim])`` chunks, in row order."""
+        import numpy as np
+
+        keyrow = self._key_row(key)
+        if keyrow is None:
+            return
+        key_id, dim, dtype = keyrow
+        last = 0
+        while True:
+            with self._errors("read"):
+                rows = self.conn.execute("SELECT id, vector FROM files WHERE key_id = ? AND id > ? ORDER BY id LIMIT ?",
+                                         (key_id, last, chunk)).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield np.array([r[0] for r in rows], np.uint64), self._decode([r[1] for r in rows], dim, dtype)
+
+    def rows(self, key: EmbeddingKey, row_ids: Sequence[int]) -> tuple[list[str], torch.Tensor]:
+        """``(paths, float32 [n, dim])`` of the entries of ``key`` with these row ids (those that
+        still exist), in the order given."""
+        import torch
+
+        keyrow = self._key_row(key)
+        if keyrow is None or not len(row_ids):
+            return [], torch.zeros(0, 0 if keyrow is None else keyrow[1])
+        key_id, dim, dtype = keyrow
+        found: dict[int, tuple[bytes, bytes]] = {}
+        with self._errors("read"):
+            # by primary key alone: with "key_id = ?" SQLite would walk the key's (key_id, path) index
+            for row_id, row_key, path, blob in self._select_in("SELECT id, key_id, path, vector FROM files WHERE id IN ({})",
+                                                               (), [int(i) for i in row_ids]):
+                if row_key == key_id:
+                    found[row_id] = (path, blob)
+        order = [int(i) for i in row_ids if int(i) in found]
+        paths = self.paths.from_db_many([found[i][0] for i in order])
+        matrix = self._decode([found[i][1] for i in order], dim, dtype) if order else None
+        return paths, torch.from_numpy(matrix) if matrix is not None else torch.zeros(0, dim)
+
     def info(self) -> StoreInfo:
         size = 0
         for suffix in ("", "-wal", "-shm"):
@@ -596,6 +648,7 @@ class Store:
                 stats.keys.append(KeyStats(k.key, 0, k.dim, k.dtype, k.created, k.row_id))
             for key_id in doomed_keys | {k.row_id for k in emptied}:
                 conn.execute("DELETE FROM keys WHERE id = ?", (key_id,))
+        remove_indexes(self.location, {k.key.digest for k in self.list_keys()})
         return stats
 
     def vacuum(self) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -31,7 +31,8 @@ import torch
 
 from ..data.discover import Source
 from ..data.preprocess import Preprocessor
-from ..encode.embed import Embedded, EmbedSettings, default_batch_size, embed_images
+from ..encode.embed import Embedded, EmbedSettings, default_batch_size
+from ..encode.embed import embed_images as _embed_images
 from ..errors import ZeroshotWarning
 from .db import Store, StoreError
 from .files import FileRecord, content_hash
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
     from ..models import LoadedModel
 
 HASH_THREADS = 4
+# embed_images' signature: (loaded, inputs, settings, preprocessor) -> batches
+Encoder = Callable[..., Iterator[Embedded]]
 
 
 class StoreWarning(ZeroshotWarning):
@@ -84,12 +87,16 @@ def embed_with_store(
     preprocessor: Preprocessor | None = None,
     stats: ReuseStats | None = None,
     write: bool = True,
+    encoder: Encoder | None = None,
 ) -> Iterator[Embedded]:
     """:func:`~zeroshot.encode.embed.embed_images` of ``inputs``, with the vectors ``store``
     holds read instead of encoded, and the encoded ones added to it (unless ``write=False``).
     Without a store (or where one cannot apply: see :func:`store_applies`) this is
-    ``embed_images``. ``stats`` (a :class:`ReuseStats`) is filled in as batches go."""
+    ``embed_images``. ``stats`` (a :class:`ReuseStats`) is filled in as batches go.
+    ``encoder`` replaces ``embed_images`` for the inputs the store does not hold (same
+    signature and contract; e.g. vectors computed beforehand for several models at once)."""
     stats = stats if stats is not None else ReuseStats()
+    embed_images = encoder or _embed_images
     if store is None or not store_applies(loaded, inputs):
         for batch in embed_images(loaded, inputs, settings, preprocessor):
             stats.encoded += len(batch.indices)

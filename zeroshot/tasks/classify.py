@@ -32,6 +32,7 @@ from ..encode.text import Progress, build_class_weights
 from ..errors import UsageError
 from ..models import DEFAULT_MODEL, DEFAULT_PRETRAINED, LoadedModel, load_model
 from ..output.journal import ResumableOutput, fingerprint
+from ..output.report import check_report_path
 from ..output.rows import Prediction, to_dataframe
 from ..output.writers import Format, check_writable, choose_format, write_predictions
 from ..prompts import TemplateSet, as_template_set, validate_labels
@@ -267,6 +268,8 @@ def classify_to_file(
     include_hidden: bool = False,
     on_progress: ProgressHook | None = None,
     on_prediction: PredictionHook | None = None,
+    report: str | os.PathLike | None = None,
+    on_report_progress: ProgressHook | None = None,
 ) -> RunStats:
     """Classify ``inputs`` and write every row, in input order, to ``output`` (atomically) or,
     with ``output=None``, to ``stream`` (default stdout; a binary stream for parquet). With an
@@ -276,8 +279,10 @@ def classify_to_file(
 
     ``journal`` is an already opened :class:`ResumableOutput` (the CLI opens it before the model
     loads, so a refused resume fails fast). ``on_prediction`` sees every new row (e.g. to print
-    skipped files)."""
+    skipped files). ``report``: also write the HTML report of every row there (see
+    :func:`zeroshot.tasks.report.write_classify_report`; ``on_report_progress`` sees its thumbnails)."""
     rank = rank.capped(len(classifier.labels))
+    check_report_path(report)
     path = Path(output) if output is not None else None
     if path is not None and stream is not None:
         raise UsageError(f"classify_to_file: give output ({path}) or stream, not both")
@@ -323,11 +328,14 @@ def classify_to_file(
                                                  skip=journal.skipper() if journal is not None else None))
     rows = journal.merged([s.path for s in found.items], fresh) if journal is not None else fresh
     error_rows = 0
+    written: list[Prediction] = []
 
     def counted(preds: Iterable[Prediction]) -> Iterator[Prediction]:
         nonlocal error_rows
         for pred in preds:
             error_rows += not pred.ok
+            if report is not None:
+                written.append(pred)
             yield pred
 
     try:
@@ -339,4 +347,10 @@ def classify_to_file(
         raise
     if journal is not None:
         journal.finish()
+    if report is not None:
+        from .report import write_classify_report
+
+        model = f"{classifier.loaded.name} ({classifier.loaded.pretrained or 'random init'})"
+        write_classify_report(report, written, model=model, labels=classifier.labels,
+                              on_progress=on_report_progress)
     return replace(classifier.last_run, kept=len(done), error_rows=error_rows)

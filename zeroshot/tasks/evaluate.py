@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,9 @@ import torch
 
 from .._version import __version__
 from ..data.datasets import EvalDataset
+from ..data.discover import Source
 from ..encode.cache import ClassWeightCache
-from ..encode.embed import EmbedSettings
+from ..encode.embed import Embedded, EmbedSettings, default_batch_size, embed_images_many
 from ..encode.text import build_class_weights
 from ..errors import UsageError
 from ..metrics import Metrics, metrics_from_topk, per_class_recall, predictions_from_topk, topk_indices
@@ -43,8 +44,9 @@ from ..models import LoadedModel
 from ..output.writers import write_json_document, write_rows
 from ..prompts import TemplateSet, as_template_set
 from ..scoring import class_logits, probabilities
-from ..store.db import Store
-from ..store.reuse import ReuseStats, as_store, embed_with_store
+from ..store.db import Store, StoreError
+from ..store.keys import embedding_key, preprocess_identity
+from ..store.reuse import Encoder, ReuseStats, as_store, embed_with_store, store_applies
 
 TASK = "zeroshot_classification"
 _SCORE_CHUNK = 4096
@@ -211,28 +213,81 @@ def evaluate(
     """Zero-shot accuracy of ``loaded`` on ``dataset`` for every template set, encoding each
     image once (or reading it from ``store``: an open store, its folder, or True for the
     default one). Unreadable images count as wrong and are listed in ``EvalResult.skipped``."""
-    started = time.perf_counter()
+    return evaluate_models([loaded], dataset, template_sets, settings, cache, text_batch_size, on_text_progress,
+                           on_image_progress, on_skip, store)[0]
+
+
+def evaluate_models(
+    models: Sequence[LoadedModel],
+    dataset: EvalDataset,
+    template_sets: Sequence[str | TemplateSet | Sequence[str]] = ("openai-80",),
+    settings: EmbedSettings = EmbedSettings(),
+    cache: bool | str | os.PathLike = True,
+    text_batch_size: int = 256,
+    on_text_progress: TextProgress | None = None,
+    on_image_progress: ImageProgress | None = None,
+    on_skip: SkipHook | None = None,
+    store: Store | str | os.PathLike | bool | None = None,
+) -> list[EvalResult]:
+    """:func:`evaluate` for several models (one result each, in order). Models with the same
+    preprocessing share one decode of every image: each image is decoded once per distinct
+    preprocessing, not once per model. ``on_image_progress`` follows the decoding passes, and
+    ``on_skip`` hears of each unreadable image once."""
+    if not models:
+        raise UsageError("give at least one model")
+    sets = _unique_sets(template_sets)
+    if len(dataset) == 0:
+        raise UsageError(f"{dataset.name} at {dataset.root or '?'} has no images")
+    weight_cache = None if cache is False else ClassWeightCache(None if cache is True else Path(cache))
+    store = as_store(store)
+    results: list[EvalResult | None] = [None] * len(models)
+    told: set[str] = set()
+
+    def skip_once(path: str, reason: str) -> None:
+        if on_skip and path not in told:
+            told.add(path)
+            on_skip(path, reason)
+
+    for group in _preprocessing_groups(models):
+        encoder = _shared_encoder([models[i] for i in group], dataset, settings, store, on_image_progress) \
+            if len(group) > 1 else None
+        for i in group:
+            started = time.perf_counter()
+            shared_seconds = encoder.seconds if encoder and i == group[0] else 0.0  # the decode pass, counted once
+            weights = _class_weights(models[i], dataset, sets, text_batch_size, on_text_progress, weight_cache)
+            image_started = time.perf_counter()
+            reuse = ReuseStats()
+            progress = on_image_progress if encoder is None else None
+            features, encoded, skipped = encode_dataset(models[i], dataset, settings, progress, skip_once,
+                                                        store=store, stats=reuse, encoder=encoder)
+            image_seconds = time.perf_counter() - image_started + shared_seconds
+            results[i] = _result(models[i], dataset, sets, weights, features, encoded, skipped, reuse,
+                                 seconds=time.perf_counter() - started, image_seconds=image_seconds)
+    return [r for r in results if r is not None]
+
+
+def _unique_sets(template_sets: Sequence[str | TemplateSet | Sequence[str]]) -> list[TemplateSet]:
     sets = [as_template_set(s) for s in template_sets]
     if not sets:
         raise UsageError("give at least one template set")
-    if len(dataset) == 0:
-        raise UsageError(f"{dataset.name} at {dataset.root or '?'} has no images")
     unique: dict[tuple[str, ...], TemplateSet] = {}
     for s in sets:  # the same set twice would be scored twice: drop repeats, keep order
         unique.setdefault(s.templates, s)
-    sets = list(unique.values())
-    weight_cache = None if cache is False else ClassWeightCache(None if cache is True else Path(cache))
+    return list(unique.values())
 
+
+def _class_weights(loaded: LoadedModel, dataset: EvalDataset, sets: list[TemplateSet], batch_size: int,
+                   on_text_progress: TextProgress | None, cache: ClassWeightCache | None) -> list[torch.Tensor]:
     weights = []
     for s in sets:
         hook = (lambda done, total, _n=s.name: on_text_progress(_n, done, total)) if on_text_progress else None
-        weights.append(build_class_weights(loaded, dataset.classnames, s, text_batch_size, hook, weight_cache))
+        weights.append(build_class_weights(loaded, dataset.classnames, s, batch_size, hook, cache))
+    return weights
 
-    image_started = time.perf_counter()
-    reuse = ReuseStats()
-    features, encoded, skipped = encode_dataset(loaded, dataset, settings, on_image_progress, on_skip,
-                                                store=store, stats=reuse)
-    image_seconds = time.perf_counter() - image_started
+
+def _result(loaded: LoadedModel, dataset: EvalDataset, sets: list[TemplateSet], weights: list[torch.Tensor],
+            features: torch.Tensor, encoded: torch.Tensor, skipped: list[tuple[str, str]], reuse: ReuseStats,
+            seconds: float, image_seconds: float) -> EvalResult:
     targets = torch.tensor(dataset.targets, dtype=torch.long)
     results = []
     for s, w in zip(sets, weights):
@@ -250,13 +305,94 @@ def evaluate(
         encoded=encoded,
         skipped=skipped,
         results=results,
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
         image_seconds=image_seconds,
         device=str(loaded.device),
         precision=loaded.precision,
         images_encoded=reuse.encoded,
         images_from_store=reuse.from_store,
     )
+
+
+def _preprocessing_groups(models: Sequence[LoadedModel]) -> list[list[int]]:
+    """Model positions grouped by preprocessing (and device), in order of first appearance."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, loaded in enumerate(models):
+        groups.setdefault((preprocess_identity(loaded.preprocess), str(loaded.device)), []).append(i)
+    return list(groups.values())
+
+
+class _SharedEncoder:
+    """Vectors of several models sharing one preprocessing, computed in one decoding pass
+    (:func:`~zeroshot.encode.embed.embed_images_many`) over the images any of them needs (all
+    of them, or those the store does not hold for some model), then served to
+    :func:`~zeroshot.store.reuse.embed_with_store` as the encoder of each model's misses."""
+
+    def __init__(self, models: list[LoadedModel], inputs: Sequence, settings: EmbedSettings,
+                 needed: list[int], on_progress: ImageProgress | None) -> None:
+        self.models = {id(m): k for k, m in enumerate(models)}
+        self.vectors: list[dict[int, torch.Tensor]] = [{} for _ in models]
+        self.errors: dict[int, str] = {}
+        self.position = {_identity(inputs[i]): i for i in needed}
+        started = time.perf_counter()
+        done = 0
+        if on_progress:
+            on_progress(0, len(needed))
+        for outs in embed_images_many(models, [inputs[i] for i in needed], settings):
+            for k, out in enumerate(outs):
+                for row, j in enumerate(out.indices):
+                    self.vectors[k][needed[j]] = out.embeddings[row]
+            for j, reason in outs[0].errors:
+                self.errors[needed[j]] = reason
+            done += len(outs[0])
+            if on_progress:
+                on_progress(done, len(needed))
+        self.seconds = time.perf_counter() - started
+
+    def __call__(self, loaded: LoadedModel, inputs: Sequence, settings: EmbedSettings,
+                 preprocessor: Any = None) -> Iterator[Embedded]:
+        k = self.models[id(loaded)]
+        batch_size = settings.batch_size or default_batch_size(loaded.device)
+        for start in range(0, len(inputs), batch_size):
+            out = Embedded()
+            rows = []
+            for j in range(start, min(start + batch_size, len(inputs))):
+                i = self.position.get(_identity(inputs[j]))
+                if i is not None and i in self.vectors[k]:
+                    out.indices.append(j)
+                    rows.append(self.vectors[k][i])
+                else:
+                    out.errors.append((j, self.errors.get(i, "error: not decoded") if i is not None
+                                       else str(getattr(inputs[j], "error", "error: not decoded"))))
+            out.embeddings = torch.stack(rows) if rows else None
+            yield out
+
+
+def _identity(item: Any) -> Any:
+    """What names an input across calls of ``dataset.inputs()``: a file's path, or the image object."""
+    return ("path", item.fs_path) if isinstance(item, Source) else ("object", id(item))
+
+
+def _shared_encoder(models: list[LoadedModel], dataset: EvalDataset, settings: EmbedSettings, store: Store | None,
+                    on_progress: ImageProgress | None) -> _SharedEncoder:
+    """Decode once for ``models``: every image some model will have to encode."""
+    inputs = dataset.inputs()
+    needed: set[int] = set()
+    for loaded in models:
+        needed |= set(_store_misses(loaded, inputs, settings, store))
+    return _SharedEncoder(models, inputs, settings, sorted(needed), on_progress)
+
+
+def _store_misses(loaded: LoadedModel, inputs: Sequence, settings: EmbedSettings, store: Store | None) -> list[int]:
+    """The inputs ``loaded`` must encode: all, or those the store does not hold as they are now."""
+    if store is None or not store_applies(loaded, inputs):
+        return list(range(len(inputs)))
+    try:
+        found, _ = store.vectors(embedding_key(loaded, settings.fast_decode), [s.fs_path for s in inputs],
+                                 by_content=False)
+    except StoreError:
+        return list(range(len(inputs)))
+    return [i for i in range(len(inputs)) if not bool(found[i])]
 
 
 def encode_dataset(
@@ -267,9 +403,11 @@ def encode_dataset(
     on_skip: SkipHook | None = None,
     store: Store | str | os.PathLike | bool | None = None,
     stats: ReuseStats | None = None,
+    encoder: Encoder | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
     """Normalised features ``[N, dim]`` (zeros where an image failed), an encoded mask, the skips.
-    ``store``: see :func:`evaluate`; ``stats`` counts images encoded and read from it."""
+    ``store``: see :func:`evaluate`; ``stats`` counts images encoded and read from it;
+    ``encoder``: see :func:`~zeroshot.store.reuse.embed_with_store`."""
 
     n = len(dataset)
     names = dataset.names
@@ -279,7 +417,7 @@ def encode_dataset(
     done = 0
     if on_progress:
         on_progress(0, n)
-    for batch in embed_with_store(loaded, dataset.inputs(), settings, as_store(store), stats=stats):
+    for batch in embed_with_store(loaded, dataset.inputs(), settings, as_store(store), stats=stats, encoder=encoder):
         for index, reason in batch.errors:
             skipped.append((names[index], reason))
             if on_skip:
@@ -309,16 +447,54 @@ def _embed_dim(loaded: LoadedModel) -> int:
 # ======================================================================================== files
 
 
-def write_results_json(result: EvalResult, path: str | os.PathLike) -> None:
-    """The results JSON (CLIP_benchmark keys plus ours), written atomically (``--output``)."""
-    write_json_document(result.as_dict(), Path(path), "--output")
+def write_results_json(result: EvalResult | Sequence[EvalResult], path: str | os.PathLike) -> None:
+    """The results JSON (CLIP_benchmark keys plus ours), written atomically (``--output``); for
+    several models, :func:`comparison_document`."""
+    results = _as_list(result)
+    document = results[0].as_dict() if len(results) == 1 else comparison_document(results)
+    write_json_document(document, Path(path), "--output")
 
 
-def write_predictions_file(result: EvalResult, path: str | os.PathLike, safe_csv: bool = True) -> None:
-    """One row per image and template set (``--predictions``), in the format its extension names."""
-    write_rows(result.prediction_rows(), Path(path), "--predictions", safe_csv)
+def comparison_document(results: Sequence[EvalResult]) -> dict[str, Any]:
+    """Several models on one dataset: the shared facts, then each model's own results JSON."""
+    first = results[0]
+    return {
+        "dataset": first.dataset,
+        "task": TASK,
+        "images": first.num_images,
+        "classes": len(first.classnames),
+        "root": first.root,
+        "models": [r.as_dict() for r in results],
+        "zeroshot_version": __version__,
+    }
 
 
-def write_per_class_file(result: EvalResult, path: str | os.PathLike, safe_csv: bool = True) -> None:
-    """Per-class accuracy, worst first (``--per-class``), in the format its extension names."""
-    write_rows(result.per_class_rows(), Path(path), "--per-class", safe_csv)
+def comparison_rows(results: Sequence[EvalResult]) -> list[dict[str, Any]]:
+    """One row per model and template set: the metrics table of ``zeroshot eval``."""
+    return [{"model": r.model, "pretrained": r.pretrained, "templates": t.templates,
+             "num_templates": t.num_templates, "acc1": t.acc1, "acc5": t.acc5,
+             "mean_per_class_recall": t.mean_per_class_recall} for r in results for t in r.results]
+
+
+def write_predictions_file(result: EvalResult | Sequence[EvalResult], path: str | os.PathLike,
+                           safe_csv: bool = True) -> None:
+    """One row per image and template set (``--predictions``), in the format its extension names;
+    with several models, every row starts with the model and pretrained columns."""
+    write_rows(_model_rows(_as_list(result), EvalResult.prediction_rows), Path(path), "--predictions", safe_csv)
+
+
+def write_per_class_file(result: EvalResult | Sequence[EvalResult], path: str | os.PathLike,
+                         safe_csv: bool = True) -> None:
+    """Per-class accuracy, worst first (``--per-class``), in the format its extension names;
+    with several models, every row starts with the model and pretrained columns."""
+    write_rows(_model_rows(_as_list(result), EvalResult.per_class_rows), Path(path), "--per-class", safe_csv)
+
+
+def _as_list(result: EvalResult | Sequence[EvalResult]) -> list[EvalResult]:
+    return [result] if isinstance(result, EvalResult) else list(result)
+
+
+def _model_rows(results: list[EvalResult], rows_of: Callable[[EvalResult], list[dict[str, Any]]]) -> list[dict]:
+    if len(results) == 1:
+        return rows_of(results[0])
+    return [{"model": r.model, "pretrained": r.pretrained, **row} for r in results for row in rows_of(r)]

@@ -44,6 +44,7 @@ from ..errors import UsageError
 from ..models import LoadedModel
 from ..output.rows import round_score
 from ..prompts import TemplateSet, as_template_set
+from ..store.ann import ApproximateIndex, use_approximate
 from ..store.db import Store
 from ..store.keys import RANDOM_WEIGHTS, EmbeddingKey, embedding_key
 from ..store.reuse import ReuseStats, as_store, embed_with_store
@@ -103,6 +104,7 @@ class SearchResults:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, "code: detail")
     gone: int = 0  # store entries left out because their file no longer exists
     key: EmbeddingKey | None = None
+    approximate: bool = False  # ranked through the approximate index
     seconds: float = 0.0
 
     def __iter__(self) -> Iterator[Hit]:
@@ -143,6 +145,8 @@ def search(
     include_hidden: bool = False,
     on_progress: ProgressHook | None = None,
     on_skip: SkipHook | None = None,
+    approximate: bool | None = None,
+    on_build: ProgressHook | None = None,
 ) -> SearchResults:
     """Rank images by their score for ``queries`` (see the module docstring), best first: the
     ``top`` best (None or 0: all) that score at least ``min_score``.
@@ -152,7 +156,14 @@ def search(
     without a store every image is encoded. Without ``paths`` every image of ``store`` under
     this model's key is searched (entries whose file is gone are left out). ``templates``
     expands text queries (default: the text as given). ``cache`` is the class-weight cache
-    used for text queries."""
+    used for text queries.
+
+    ``approximate`` (store searches only): True uses the approximate index of
+    :mod:`zeroshot.store.ann` (built on first use, rebuilt when the store changed), False the
+    exact ranking, None (default) the index when usearch is installed and the store holds at
+    least ``ZEROSHOT_ANN_MIN_ENTRIES`` (1,000,000) images of this model. Scores are exact
+    either way; which images make the list can differ from the exact one (recall < 1).
+    ``on_build`` sees the progress of building that index."""
     started = time.perf_counter()
     query_list = as_queries(queries)
     if top is not None and top < 0:
@@ -167,9 +178,18 @@ def search(
             if loaded.weights_id == RANDOM_WEIGHTS:
                 raise UsageError("a model with random weights has no stored images to search; give paths")
             results.key = embedding_key(loaded, settings.fast_decode)
-            names, matrix = opened.matrix(results.key)
-            if not names:
+            entries = opened.count(results.key)
+            if not entries:
                 raise UsageError(_empty_store_message(opened, results.key))
+            if top and use_approximate(approximate, entries):
+                query = _query_vector(loaded, query_list, template_set, settings, opened, cache)
+                results.approximate = True
+                results.hits, results.gone, results.searched = _approximate_hits(
+                    opened, results.key, query, top, min_score, on_build)
+                results.from_store = results.searched
+                results.seconds = time.perf_counter() - started
+                return results
+            names, matrix = opened.matrix(results.key)
             results.from_store = len(names)
             keep: Callable[[int], bool] | None = lambda i: os.path.exists(names[i])  # noqa: E731
         else:
@@ -187,6 +207,27 @@ def search(
     finally:
         if opened is not None and opened is not store:
             opened.close()
+
+
+def _approximate_hits(store: Store, key: EmbeddingKey, query: torch.Tensor, top: int, min_score: float | None,
+                      on_progress: ProgressHook | None) -> tuple[list[Hit], int, int]:
+    """The ``top`` hits through the approximate index (built or rebuilt first when the store
+    changed): candidates from the graph, re-scored exactly from the store's vectors, files that
+    are gone left out (asking for more candidates until ``top`` are found or all were seen)."""
+    index = ApproximateIndex(store, key)
+    if not index.is_fresh():
+        index.build(on_progress)
+    size = len(index)
+    want = max(4 * top, 64)  # re-scored exactly: a wider net costs little and lifts recall
+    while True:
+        row_ids = index.candidates(query.numpy(), want)
+        names, matrix = store.rows(key, row_ids.tolist())
+        scores = matrix @ query if len(names) else torch.zeros(0)
+        ranked, gone = _rank(scores, top, min_score, lambda i, names=names: os.path.exists(names[i]))
+        below = min_score is not None and len(scores) > 0 and float(scores.min()) < min_score
+        if len(ranked) == top or want >= size or below:  # more candidates would score lower still
+            return [Hit(n, names[i], score) for n, (i, score) in enumerate(ranked, 1)], gone, size
+        want = min(size, want * 4)
 
 
 # ------------------------------------------------------------------------------------ helpers
