@@ -63,7 +63,7 @@ def main(argv=None) -> int:
                 print(f"{name}: box {row.box.x0},{row.box.y0},{row.box.x1},{row.box.y1} score {row.box.score:.3f}")
         for obj in scene.objects:
             print(f"  true box of {obj.colour} {obj.shape}: {obj.box}")
-    scenes = [shapes.random_scene(rng, train, n_objects=1, size=args.size) for _ in range(4)]
+    scenes = [shapes.random_scene(rng, [pair], n_objects=1, size=args.size) for pair in rng.sample(train, 4)]
     texts = [TEMPLATE.format(f"{s.objects[0].colour} {s.objects[0].shape}") for s in scenes]
     result = similarity(loaded, [s.image for s in scenes], texts)
     save_similarity_plot(result.cosine.numpy(), [s.image for s in scenes], texts, out / "similarity.png",
