@@ -65,6 +65,10 @@ _EXPORTS = {
     "Store": "store.db",
     "search": "tasks.search",
     "Query": "tasks.search",
+    "locate": "tasks.locate",
+    "LocateSettings": "tasks.locate",
+    "similarity": "tasks.similarity",
+    "SimilarityResult": "tasks.similarity",
     "ReportItem": "output.report",
     "write_report": "output.report",
     "write_eval_report": "tasks.report",
@@ -84,6 +88,7 @@ __all__ = [
     "execute_sort", "folder_name", "list_pretrained_models", "load_dataset", "load_model",
     "open_image", "plan_sort", "read_head", "resolve_labels", "resolve_templates", "resolve_weights", "search",
     "sort_images", "to_dataframe", "undo_sort", "write_predictions",
+    "LocateSettings", "SimilarityResult", "locate", "similarity",
     "ReportItem", "write_report", "write_eval_report",
     "RetrievalDataset", "RetrievalResult", "evaluate_retrieval",
     "evaluate_models", "embed_images_many",
@@ -123,7 +128,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .store.db import Store
     from .tasks.classify import RankSettings, RunStats, ZeroShotClassifier, classify_to_file
     from .tasks.evaluate import EvalResult, evaluate, evaluate_models
+    from .tasks.locate import LocateSettings, locate
     from .tasks.report import write_eval_report
     from .tasks.retrieval import RetrievalResult, evaluate_retrieval
     from .tasks.search import Query, search
+    from .tasks.similarity import SimilarityResult, similarity
     from .tasks.sort import SortPlan, SortResult, execute_sort, folder_name, plan_sort, sort_images, undo_sort

@@ -20,8 +20,10 @@ from . import evaluate as evaluate_cmd
 from . import fewshot as fewshot_cmd
 from . import finetune as finetune_cmd
 from . import index as index_cmd
+from . import locate as locate_cmd
 from . import models as models_cmd
 from . import search as search_cmd
+from . import similarity as similarity_cmd
 from . import sort as sort_cmd
 from .console import EXIT_USAGE, handle_sigterm, printable, stderr
 from .store import store_app
@@ -145,6 +147,8 @@ app.command("sort", context_settings=HELP_OPTIONS)(sort_cmd.sort)
 app.command("search", context_settings=HELP_OPTIONS)(search_cmd.search)
 app.command("finetune", context_settings=HELP_OPTIONS)(finetune_cmd.finetune)
 app.command("fewshot", context_settings=HELP_OPTIONS)(fewshot_cmd.fewshot)
+app.command("locate", context_settings=HELP_OPTIONS)(locate_cmd.locate)
+app.command("similarity", context_settings=HELP_OPTIONS)(similarity_cmd.similarity)
 app.add_typer(store_app, name="store")
 app.add_typer(templates_app, name="templates")
 

@@ -236,3 +236,38 @@ def cli_errors(quiet: bool = False, interrupted: str = "interrupted") -> Iterato
             raise typer.Exit(EXIT_FATAL) from None
         finally:
             warnings.showwarning = old
+
+
+# ------------------------------------------------ checks every command that reads images repeats
+
+
+def require_images(found: Any, inputs: list[str]) -> None:
+    """Refuse a :class:`~zeroshot.data.discover.Discovery` with no usable image, naming the
+    first problem and the extensions looked for."""
+    from ..data.discover import IMAGE_EXTENSIONS
+    from ..errors import UsageError
+
+    if found.sources:
+        return
+    problems = found.problems
+    why = f" ({printable(problems[0][0])}: {problems[0][1]})" if problems else ""
+    raise UsageError(f"found 0 images in {', '.join(inputs)}{why}; supported extensions are "
+                     f"{' '.join(sorted(IMAGE_EXTENSIONS))}")
+
+
+def require_parent(option: str, path: Any) -> None:
+    """Refuse an output file whose folder does not exist (before any work)."""
+    from pathlib import Path
+
+    from ..errors import UsageError
+
+    if path is not None and not (Path(path).parent if str(Path(path).parent) else Path(".")).is_dir():
+        raise UsageError(f"{option} {path}: folder {Path(path).parent} does not exist")
+
+
+def stdout_keeps_bytes() -> None:
+    """Let stdout write a file name's undecodable bytes back as the same bytes."""
+    try:
+        sys.stdout.reconfigure(errors="surrogateescape")
+    except (AttributeError, ValueError, OSError):
+        pass
