@@ -19,6 +19,9 @@ CONFIGS = Path(__file__).parent / "model_configs"
 os.environ["ZEROSHOT_MODEL_CONFIGS"] = str(CONFIGS)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Subprocesses see a CPU without native bf16, like the tests in this process (cpu_without_native_bf16):
+# "--precision auto" is fp32 everywhere unless a test asks for the bf16 path.
+os.environ["ZEROSHOT_CPU_FLAGS"] = "avx2 avx512f"
 
 import torch  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402

@@ -11,6 +11,7 @@ Importable without torch (the CLI builds its choices from :data:`PRECISIONS`).
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 from collections.abc import Iterable
 from functools import lru_cache
@@ -40,10 +41,17 @@ def parse_cpu_flags(cpuinfo: str) -> frozenset[str]:
     return frozenset()
 
 
+CPU_FLAGS_ENV = "ZEROSHOT_CPU_FLAGS"
+
+
 @lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     """This machine's CPU feature flags (empty where they cannot be read: then nothing
-    reduced is chosen automatically)."""
+    reduced is chosen automatically). ``ZEROSHOT_CPU_FLAGS`` (space-separated) replaces them:
+    e.g. ``ZEROSHOT_CPU_FLAGS="avx2"`` makes ``--precision auto`` fp32 on a bf16 CPU."""
+    override = os.environ.get(CPU_FLAGS_ENV)
+    if override is not None:
+        return frozenset(override.split())
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
             return parse_cpu_flags(handle.read())
