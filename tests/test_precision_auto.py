@@ -245,6 +245,40 @@ def test_store_key_differs_per_precision_and_a_fallback_stores_fp32(tiny_ckpt, t
         store.close()
 
 
+def test_auto_continues_a_library_stored_at_fp32_instead_of_splitting_it(tiny_ckpt, tmp_path,
+                                                                         cpu_with_native_bf16):
+    from zeroshot.data.discover import discover
+    from zeroshot.encode.embed import EmbedSettings
+    from zeroshot.store.db import Store
+    from zeroshot.store.reuse import ReuseStats, embed_with_store
+
+    settings = EmbedSettings(batch_size=4, workers=0)
+    paths = _images(tmp_path)
+    fp32 = load_model("zs-tiny", str(tiny_ckpt), device="cpu", precision="fp32")
+    store = Store.open(tmp_path / "store")
+    try:
+        first = [b.embeddings for b in embed_with_store(fp32, discover(paths[:-2]).items, settings, store)]
+        auto = load_model("zs-tiny", str(tiny_ckpt), device="cpu", precision="auto")
+        assert auto.needs_check("image")
+        stats = ReuseStats()
+        again = list(embed_with_store(auto, discover(paths).items, settings, store, stats=stats))
+        assert (stats.from_store, stats.encoded) == (len(paths) - 2, 2)  # the library is read, not re-encoded
+        assert auto.precision == "fp32" and "embedding store" in auto.notes[0]
+        assert store.count(embedding_key(fp32, False)) == len(paths)  # the new files joined the fp32 key
+        assert [k.key.precision for k in store.list_keys()] == ["fp32"]
+        assert torch.equal(torch.cat([b.embeddings for b in again])[:len(paths) - 2], torch.cat(first))
+        # an empty store (or one holding bf16 vectors) leaves auto's choice alone
+        fresh = load_model("zs-tiny", str(tiny_ckpt), device="cpu", precision="auto")
+        other = Store.open(tmp_path / "other")
+        try:
+            list(embed_with_store(fresh, discover(paths).items, settings, other))
+            assert fresh.precision == "bf16"
+        finally:
+            other.close()
+    finally:
+        store.close()
+
+
 # ------------------------------------------------------------------------------ fp32 exact
 
 

@@ -127,6 +127,19 @@ class LoadedModel:
         self.notes.append(f"{side} tower: {was} disagreed with fp32 on the first batch ({detail}); "
                           "fp32 for the rest of the run")
 
+    def keep_fp32(self, side: str, why: str) -> None:
+        """Run ``side`` at fp32 from now on instead of an unchecked ``auto`` reduced precision
+        (e.g. to continue an embedding store that holds fp32 vectors of this model)."""
+        if self.precision_of(side) == "fp32":
+            return
+        if side == "text":
+            self.text_precision = "fp32"
+        else:
+            self.text_precision = self.precision_of("text")
+            self.precision = "fp32"
+        self.checked[side] = False
+        self.notes.append(f"{side} tower: fp32, {why}")
+
     def describe_precision(self) -> str:
         """``bf16``, or ``image fp32, text bf16`` when the towers differ; ``auto`` is marked."""
         image, text = self.precision_of("image"), self.precision_of("text")

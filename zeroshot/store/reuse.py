@@ -28,7 +28,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -40,7 +40,7 @@ from ..encode.embed import embed_images as _embed_images
 from ..errors import ZeroshotWarning
 from .db import Store, StoreError
 from .files import FileRecord, content_hash
-from .keys import RANDOM_WEIGHTS, embedding_key
+from .keys import RANDOM_WEIGHTS, EmbeddingKey, embedding_key
 
 if TYPE_CHECKING:
     from ..models import LoadedModel
@@ -110,6 +110,7 @@ def embed_with_store(
     n = len(inputs)
     usable = [i for i in range(n) if inputs[i].error is None]
     try:
+        key = _continue_fp32_library(loaded, store, key, settings.fast_decode)
         dtype = store.dtype_of(key)
         # Fast check: same path, size and mtime. The rest: the content hash (needed to store
         # them anyway) may name an entry of a renamed or copied file.
@@ -191,6 +192,20 @@ def embed_with_store(
 
 
 # ------------------------------------------------------------------------------------ helpers
+
+
+def _continue_fp32_library(loaded: LoadedModel, store: Store, key: EmbeddingKey, fast_decode: bool) -> EmbeddingKey:
+    """An unchecked ``auto`` bf16 image tower facing a store that holds this model's vectors at
+    fp32 only (a library indexed before, or on a CPU without bf16) runs fp32: the library is
+    continued under its key instead of being encoded again under a second one."""
+    if not loaded.needs_check("image") or store.count(key):
+        return key
+    exact = replace(key, precision="fp32")
+    if not store.count(exact):
+        return key
+    loaded.keep_fp32("image", f"as the embedding store's {store.count(exact)} vectors of this model are")
+    return embedding_key(loaded, fast_decode)
+
 
 
 def _warn(message: str) -> None:
