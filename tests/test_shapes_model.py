@@ -132,3 +132,23 @@ def test_cli_search_blue_square_returns_blue_squares_first(tmp_path):
     assert result.exit_code == 0, result.output
     blue_squares = {p.resolve() for p, (_, pair) in zip(paths, scenes) if pair == ("blue", "square")}
     assert {Path(x).resolve() for x in result.stdout.split()} == blue_squares
+
+
+@pytest.mark.parametrize("command", ["classify", "similarity", "locate"])
+def test_the_fixture_loads_without_model_from_its_sidecar(tmp_path, command):
+    """Every command that takes weights reads the architecture from the file's sidecar."""
+    image = tmp_path / "red-circle.png"
+    shapes.render([shapes.Obj("red", "circle", (10, 12, 50, 52))], background="stripes").image.save(image)
+    base = ["-p", str(FIXTURE), "-d", "cpu", "-f", "csv"]
+    args = {
+        "classify": ["classify", str(image), "-l", "red circle", "-l", "blue square", "-t", "photo", *base],
+        "similarity": ["similarity", str(image), "-t", "a photo of a red circle.", "-t",
+                       "a photo of a blue square.", *base],
+        "locate": ["locate", str(image), "-l", "a photo of a red circle.", "--out", str(tmp_path / "maps"),
+                   "--no-plot", *base],
+    }[command]
+    result = cli_strict(*args)
+    assert result.exit_code == 0, result.output  # a default --model would disagree with the sidecar: exit 2
+    assert result.stdout.strip()
+    if command == "classify":
+        assert list(csv.DictReader(io.StringIO(result.stdout)))[0]["label"] == "red circle"

@@ -12,7 +12,7 @@ import typer
 
 from ..data.decode import DEFAULT_MAX_PIXELS
 from ..errors import UsageError
-from ..models import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from ..models import DEFAULT_PRETRAINED
 from .console import (
     EXIT_PARTIAL,
     Progress,
@@ -91,7 +91,7 @@ def locate(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", rich_help_panel=OUTPUT_PANEL, dir_okay=False,
         help="Write the rows here (atomically) instead of stdout.")] = None,
     raw_csv: RawCsvOpt = False,
-    model: ModelOpt = DEFAULT_MODEL,
+    model: ModelOpt = None,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.auto,
@@ -136,7 +136,7 @@ def locate(
         except OSError as err:
             raise UsageError(f"--out {out}: cannot create the folder: {err.strerror or err}") from None
         weights_ref = resolve_weights(model, pretrained)
-        with status(f"loading {model} ({pretrained or 'random init'})", quiet):
+        with status(f"loading {weights_ref.name} ({pretrained or 'random init'})", quiet):
             loaded = load_model(weights_ref, device=device, precision=precision.value)
         from ..tasks.locate import resolve_method
 

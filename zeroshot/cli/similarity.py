@@ -12,7 +12,7 @@ import typer
 
 from ..data.decode import DEFAULT_MAX_PIXELS
 from ..errors import UsageError
-from ..models import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from ..models import DEFAULT_PRETRAINED
 from .console import (
     EXIT_PARTIAL,
     Progress,
@@ -70,7 +70,7 @@ def similarity(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", rich_help_panel=OUTPUT_PANEL, dir_okay=False,
         help="Write here (atomically) instead of stdout.")] = None,
     raw_csv: RawCsvOpt = False,
-    model: ModelOpt = DEFAULT_MODEL,
+    model: ModelOpt = None,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.auto,
@@ -115,7 +115,7 @@ def similarity(
         found = discover(images, recursive=recursive, include_hidden=hidden)
         require_images(found, images)
         weights_ref = resolve_weights(model, pretrained)
-        with status(f"loading {model} ({pretrained or 'random init'})", quiet):
+        with status(f"loading {weights_ref.name} ({pretrained or 'random init'})", quiet):
             loaded = load_model(weights_ref, device=device, precision=precision.value)
         with Progress(quiet) as progress:
             result = run_similarity(loaded, found.items, text_list, template_set,
