@@ -84,6 +84,22 @@ class TemplateResult:
         return {"templates": self.templates, "num_templates": self.num_templates, "metrics": self.metrics.as_dict()}
 
 
+def run_record(result: Any) -> dict[str, Any]:
+    """The keys every results JSON shares (eval and retrieval): skipped images, timing, store
+    use, where and how it ran."""
+    return {
+        "skipped": len(result.skipped),
+        "skipped_images": [{"path": p, "error": e} for p, e in result.skipped],
+        "seconds": round(result.seconds, 3),
+        "image_seconds": round(result.image_seconds, 3),
+        "images_encoded": result.images_encoded,
+        "images_from_store": result.images_from_store,
+        "root": result.root,
+        "device": result.device,
+        "precision": result.precision,
+    }
+
+
 @dataclass
 class EvalResult:
     """Everything one ``evaluate`` run measured."""
@@ -136,15 +152,7 @@ class EvalResult:
             "images": self.num_images,
             "classes": len(self.classnames),
             "classes_with_images": int((self.results[0].class_total > 0).sum()),
-            "skipped": len(self.skipped),
-            "skipped_images": [{"path": p, "error": e} for p, e in self.skipped],
-            "seconds": round(self.seconds, 3),
-            "image_seconds": round(self.image_seconds, 3),
-            "images_encoded": self.images_encoded,
-            "images_from_store": self.images_from_store,
-            "root": self.root,
-            "device": self.device,
-            "precision": self.precision,
+            **run_record(self),
             "text_precision": self.text_precision,
             "precision_notes": self.precision_notes,
             "zeroshot_version": __version__,

@@ -33,7 +33,7 @@ from ..models import LoadedModel
 from ..output.writers import write_json_document
 from ..store.db import Store
 from ..store.reuse import ReuseStats
-from .evaluate import ImageProgress, SkipHook, encode_dataset
+from .evaluate import ImageProgress, SkipHook, encode_dataset, run_record
 
 TASK = "zeroshot_retrieval"
 TextProgress = Any  # (done, total) -> None
@@ -69,15 +69,7 @@ class RetrievalResult:
             "language": "en",
             "images": self.num_images,
             "texts": self.num_texts,
-            "skipped": len(self.skipped),
-            "skipped_images": [{"path": p, "error": e} for p, e in self.skipped],
-            "seconds": round(self.seconds, 3),
-            "image_seconds": round(self.image_seconds, 3),
-            "images_encoded": self.images_encoded,
-            "images_from_store": self.images_from_store,
-            "root": self.root,
-            "device": self.device,
-            "precision": self.precision,
+            **run_record(self),
             "zeroshot_version": __version__,
         }
 
