@@ -80,8 +80,9 @@ def timed_tower(fn, pixels, batches: int) -> float:
         return rate(batches * pixels.shape[0], time.perf_counter() - started)
 
 
-def tower_variants(model: torch.nn.Module, skip_int8: bool) -> dict:
-    """name -> forward(pixels) for the candidate image-tower paths."""
+def tower_variants(model: torch.nn.Module, skip_int8: bool, weights_id: str) -> dict:
+    """name -> forward(pixels) for the candidate image-tower paths (``weights_id``: the cache key
+    of the OpenVINO conversion, shared with the models the classify rows load)."""
     bf16 = copy.deepcopy(model).to(torch.bfloat16)
 
     def autocast(x):
@@ -90,6 +91,14 @@ def tower_variants(model: torch.nn.Module, skip_int8: bool) -> dict:
 
     out = {"fp32": model.encode_image, "bf16 weights": lambda x: bf16.encode_image(x.to(torch.bfloat16)),
            "bf16 autocast": autocast}
+    try:
+        from zeroshot.runtimes import openvino_image_tower
+
+        for precision in ("bf16", "fp32"):
+            tower = openvino_image_tower(model, weights_id, (224, 224), precision)
+            out[f"OpenVINO {precision}"] = tower.encode_image
+    except ImportError:
+        log("openvino not installed: no OpenVINO rows")
     if not skip_int8:
         try:
             from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
@@ -108,10 +117,10 @@ def summarise(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "all": values}
 
 
-def agreement(fp32_loaded, auto_loaded, paths: list[str], classes: list[str], templates, batch_size: int,
+def agreement(fp32_loaded, auto_loaded, paths: list[str], heads: dict[str, list[str]], templates, batch_size: int,
               built: dict | None = None) -> dict:
-    """Top-1 and cosine agreement of fp32 and auto on ``paths`` (``classes`` and 6-label heads;
-    ``built``: fp32/auto class weights of ``classes`` already made with these models)."""
+    """Top-1 and cosine agreement of fp32 and auto on ``paths`` for every head (name -> class
+    names); ``built``: fp32/auto class weights of the ``imagenet`` head already made with these models."""
     from zeroshot.encode.embed import EmbedSettings, embed_images
     from zeroshot.encode.text import build_class_weights
 
@@ -121,7 +130,7 @@ def agreement(fp32_loaded, auto_loaded, paths: list[str], classes: list[str], te
 
     e32, eau = embeddings(fp32_loaded), embeddings(auto_loaded)
     out = {"images": len(paths), "image_min_cosine": float(torch.nn.functional.cosine_similarity(e32, eau).min())}
-    for name, labels in (("imagenet", classes), ("labels6", LABELS6)):
+    for name, labels in heads.items():
         if built and name == "imagenet":
             w32, wau = built["fp32"], built["auto"]
         else:
@@ -138,6 +147,11 @@ def _source(path: str):
     from zeroshot.data.discover import Source
 
     return Source(path, path)
+
+
+def folder_images(root: str) -> list[tuple[str, str]]:
+    """(path, class) of every image in a class-folder data set, in a fixed order."""
+    return [(str(p), p.parent.name) for p in sorted(Path(root).glob("*/*")) if p.is_file()]
 
 
 def eval_accuracy(loaded_by_name: dict, root: str, templates) -> dict:
@@ -166,22 +180,149 @@ def parse_args(argv=None):
     p.add_argument("--agree-model", default="ViT-B-32", help="architecture for the agreement section")
     p.add_argument("--agree-checkpoint", default=None, help="its weights (default: the random ViT-B-32)")
     p.add_argument("--eval-dir", default=None, help="a labelled folder (class subfolders) for accuracy fp32 vs auto")
+    p.add_argument("--eval-shapes", type=int, default=0, metavar="PER_PAIR",
+                   help="make --eval-dir from the shapes generator: PER_PAIR new images of each of the 36 pairs")
+    p.add_argument("--skip-speed", action="store_true", help="only the agreement section")
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--skip-int8", action="store_true")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", metavar="FILE")
     p.add_argument("--cache-dir", default=str(REPO / ".bench"))
     args = p.parse_args(argv)
+    if args.eval_shapes and not args.eval_dir:
+        args.eval_dir = str(Path(args.cache_dir) / f"shapes-eval-{args.eval_shapes}")
     if args.quick:
         args.images, args.repeats, args.tower_batches, args.text_classes = 16, 1, 1, 20
         args.text_repeats, args.agree_images, args.batch_size = 1, 16, 8
     return args
 
 
-def main(argv=None) -> int:  # noqa: PLR0915 - one straight script
+def fresh_auto(auto):
+    """A copy of an ``auto`` model that has not run its first-batch check yet (a failed check
+    sets the copy's precision and runtime, never the original's)."""
+    fresh = copy.copy(auto)
+    fresh.checked, fresh.notes = {}, []
+    fresh.precision = fresh.text_precision = auto.precision
+    return fresh
+
+
+def masked_auto(arch: str, ckpt: str):
+    """``auto`` as a CPU without native bf16 resolves it (the bf16 flags masked)."""
     import zeroshot.precision as zp
+    from zeroshot.models import load_model
+
+    real_flags = zp.cpu_flags
+    zp.cpu_flags = lambda: real_flags() - zp.NATIVE_BF16_FLAGS
+    try:
+        return load_model(arch, ckpt, device="cpu", precision="auto")
+    finally:
+        zp.cpu_flags = real_flags
+
+
+def speed_section(res: dict, args, fp32, auto, paths: list[str], templates, ckpt: str) -> None:
+    """Image-tower and end-to-end classify rates, interleaved repeats."""
     from zeroshot import ZeroShotClassifier
+    from zeroshot.models import load_model
+
+    masked = masked_auto("ViT-B-32", ckpt)
+    torch_auto = load_model("ViT-B-32", ckpt, device="cpu", precision="auto", runtime="torch")
+    log(f"auto resolves to {auto.precision}; with the bf16 flags masked to {masked.precision}")
+    clfs = {"fp32": ZeroShotClassifier(LABELS6, templates, model=fp32, cache=False),
+            "auto": None,  # built per repeat: a fresh model so the first-batch check is included
+            "auto (no native bf16)": ZeroShotClassifier(LABELS6, templates, model=masked, cache=False)}
+    if auto.runtime != "torch":  # the same auto bf16 on torch's bf16 weights, for comparison
+        clfs["auto, --runtime torch"] = None
+    pixels = tower_pixels(fp32, paths, args.batch_size, torch.device("cpu"))
+    towers = tower_variants(fp32.model, args.skip_int8, fp32.weights_id)
+    with torch.inference_mode():
+        ref = torch.nn.functional.normalize(fp32.model.encode_image(pixels).float(), dim=-1)
+        res["tower_min_cosine"] = {name: float(torch.nn.functional.cosine_similarity(
+            ref, torch.nn.functional.normalize(fn(pixels).float(), dim=-1)).min()) for name, fn in towers.items()}
+    samples: dict[str, list[float]] = {}
+    loads = []
+    for rep in range(args.repeats):
+        log(f"repeat {rep + 1}/{args.repeats} (load {loadavg():.2f})")
+        loads.append(loadavg())
+        for name, fn in towers.items():
+            samples.setdefault(f"tower {name}", []).append(timed_tower(fn, pixels, args.tower_batches))
+        for name, clf in clfs.items():
+            if clf is None:
+                base = auto if name == "auto" else torch_auto
+                clf = ZeroShotClassifier(LABELS6, templates, model=fresh_auto(base), cache=False)
+            total, _, _ = run_classify(clf, paths, args.batch_size)
+            samples.setdefault(f"classify {name}", []).append(rate(len(paths), total))
+            if name == "auto":
+                res.setdefault("auto_checks", []).append({"precision": clf.loaded.describe_precision(),
+                                                          "notes": clf.loaded.notes})
+        if not args.skip_hf:
+            samples.setdefault("HF pipeline", []).append(bench_hf(paths, args.batch_size, torch.device("cpu"),
+                                                                  Path(args.cache_dir))["images_per_s"])
+    res["rates"] = {k: summarise(v) for k, v in samples.items()}
+    res["load_during"] = loads
+
+
+def text_section(res: dict, args, fp32, auto, classes: list[str], templates) -> dict:
+    """Cold class weights, fp32 against auto; returns the last weights of each."""
     from zeroshot.encode.text import build_class_weights
+
+    log(f"cold class weights: {len(classes)} classes x {len(templates)} templates")
+    text: dict[str, list[float]] = {}
+    text_weights = {}
+    for _ in range(args.text_repeats):
+        for name, base in (("fp32", fp32), ("auto", auto)):
+            fresh = fresh_auto(base) if name == "auto" else base
+            started = time.perf_counter()
+            text_weights[name] = build_class_weights(fresh, classes, templates, cache=None)
+            text.setdefault(name, []).append(time.perf_counter() - started)
+            if name == "auto":
+                res["text_auto_precision"] = fresh.describe_precision()
+                res["text_auto_notes"] = fresh.notes
+    res["text_seconds"] = {k: summarise(v) for k, v in text.items()}
+    res["text_weights_min_cosine"] = float(torch.nn.functional.cosine_similarity(text_weights["fp32"], text_weights["auto"]).min())
+    return text_weights
+
+
+def agreement_section(res: dict, args, fp32, auto, paths: list[str], classes: list[str], templates,
+                      text_weights: dict | None) -> None:
+    """fp32 against auto: on the benchmark photos, and on ``--eval-dir``'s own images + accuracy."""
+    from zeroshot.models import load_model
+
+    log("agreement")
+    if args.agree_checkpoint:
+        a32 = load_model(args.agree_model, args.agree_checkpoint, device="cpu", precision="fp32")
+        aau = load_model(args.agree_model, args.agree_checkpoint, device="cpu", precision="auto")
+    else:
+        a32, aau = fp32, fresh_auto(auto)
+    model = f"{args.agree_model} ({args.agree_checkpoint or 'random weights'})"
+    built = None if args.agree_checkpoint else text_weights
+    res["agreement"] = agreement(a32, aau, paths, {"imagenet": classes, "labels6": LABELS6}, templates,
+                                 args.batch_size, built)
+    res["agreement"]["model"] = model
+    if not args.eval_dir:
+        return
+    if args.eval_shapes:
+        make_shapes_eval(Path(args.eval_dir), args.eval_shapes)
+    # The labelled folder's own images, scored among its own classes (the model's test set).
+    own = folder_images(args.eval_dir)
+    res["agreement_eval_dir"] = agreement(a32, fresh_auto(aau), [p for p, _ in own],
+                                          {"eval-dir": sorted({c for _, c in own})}, templates, args.batch_size)
+    res["agreement_eval_dir"]["model"] = model
+    res["eval"] = eval_accuracy({"fp32": a32, "auto": fresh_auto(aau)}, args.eval_dir, templates)
+
+
+def make_shapes_eval(root: Path, per_pair: int) -> None:
+    """New images of all 36 colour-shape pairs (trained, val and test pairs) as class folders."""
+    if root.is_dir():
+        return
+    import shapes
+
+    tmp = root.with_name(root.name + ".tmp")
+    shapes.write_class_folders(tmp, shapes.labelled_scenes(4242, shapes.all_pairs(), per_pair))
+    tmp.rename(root)
+
+
+def main(argv=None) -> int:
+    import zeroshot.precision as zp
     from zeroshot.models import load_model
     from zeroshot.prompts import resolve_templates
 
@@ -192,83 +333,16 @@ def main(argv=None) -> int:  # noqa: PLR0915 - one straight script
                  "threads": torch.get_num_threads(), "load_start": os.getloadavg()}
     log(f"{res['cpu']}; torch {torch.__version__}, {torch.get_num_threads()} threads; load {loadavg():.2f}")
     small = ensure_images(cache / "imagenet-size", max(args.images, args.agree_images), big=False)
-    paths = small[: args.images]
-    ckpt = ensure_checkpoint(cache / "vit-b-32.pt")
+    ckpt = str(ensure_checkpoint(cache / "vit-b-32.pt"))
     templates = resolve_templates(args.templates)
     classes = imagenet_classes(args.text_classes)
-
-    fp32 = load_model("ViT-B-32", str(ckpt), device="cpu", precision="fp32")
-    auto = load_model("ViT-B-32", str(ckpt), device="cpu", precision="auto")
-    real_flags = zp.cpu_flags
-    zp.cpu_flags = lambda: real_flags() - zp.NATIVE_BF16_FLAGS
-    try:
-        masked = load_model("ViT-B-32", str(ckpt), device="cpu", precision="auto")
-    finally:
-        zp.cpu_flags = real_flags
-    log(f"auto resolves to {auto.precision}; with the bf16 flags masked to {masked.precision}")
-    clfs = {"fp32": ZeroShotClassifier(LABELS6, templates, model=fp32, cache=False),
-            "auto": None,  # built per repeat: a fresh model so the first-batch check is included
-            "auto (no native bf16)": ZeroShotClassifier(LABELS6, templates, model=masked, cache=False)}
-    pixels = tower_pixels(fp32, paths, args.batch_size, torch.device("cpu"))
-    towers = tower_variants(fp32.model, args.skip_int8)
-    with torch.inference_mode():
-        ref = torch.nn.functional.normalize(fp32.model.encode_image(pixels).float(), dim=-1)
-        res["tower_min_cosine"] = {name: float(torch.nn.functional.cosine_similarity(
-            ref, torch.nn.functional.normalize(fn(pixels).float(), dim=-1)).min()) for name, fn in towers.items()}
-
-    samples: dict[str, list[float]] = {}
-    loads = []
-    for rep in range(args.repeats):
-        log(f"repeat {rep + 1}/{args.repeats} (load {loadavg():.2f})")
-        loads.append(loadavg())
-        for name, fn in towers.items():
-            samples.setdefault(f"tower {name}", []).append(timed_tower(fn, pixels, args.tower_batches))
-        for name, clf in clfs.items():
-            if clf is None:
-                fresh = copy.copy(auto)
-                fresh.checked, fresh.notes = {}, []
-                fresh.precision = fresh.text_precision = auto.precision
-                clf = ZeroShotClassifier(LABELS6, templates, model=fresh, cache=False)
-            total, _, _ = run_classify(clf, paths, args.batch_size)
-            samples.setdefault(f"classify {name}", []).append(rate(len(paths), total))
-            if name == "auto":
-                res.setdefault("auto_checks", []).append({"precision": clf.loaded.describe_precision(),
-                                                          "notes": clf.loaded.notes})
-        if not args.skip_hf:
-            samples.setdefault("HF pipeline", []).append(bench_hf(paths, args.batch_size, torch.device("cpu"), cache)["images_per_s"])
-    res["rates"] = {k: summarise(v) for k, v in samples.items()}
-    res["load_during"] = loads
-
-    log(f"cold class weights: {len(classes)} classes x {len(templates)} templates")
-    text: dict[str, list[float]] = {}
-    text_weights = {}
-    for _ in range(args.text_repeats):
-        for name, base in (("fp32", fp32), ("auto", auto)):
-            fresh = copy.copy(base)
-            fresh.checked, fresh.notes = {}, []
-            started = time.perf_counter()
-            text_weights[name] = build_class_weights(fresh, classes, templates, cache=None)
-            text.setdefault(name, []).append(time.perf_counter() - started)
-            if name == "auto":
-                res["text_auto_precision"] = fresh.describe_precision()
-                res["text_auto_notes"] = fresh.notes
-    res["text_seconds"] = {k: summarise(v) for k, v in text.items()}
-    res["text_weights_min_cosine"] = float(torch.nn.functional.cosine_similarity(text_weights["fp32"], text_weights["auto"]).min())
-
-    log("agreement")
-    if args.agree_checkpoint:
-        a32 = load_model(args.agree_model, args.agree_checkpoint, device="cpu", precision="fp32")
-        aau = load_model(args.agree_model, args.agree_checkpoint, device="cpu", precision="auto")
-    else:
-        a32, aau = fp32, copy.copy(auto)
-    agree_paths = small[: args.agree_images]
-    res["agreement"] = agreement(a32, aau, agree_paths, classes, templates, args.batch_size,
-                                 None if args.agree_checkpoint else text_weights)
-    res["agreement"]["model"] = f"{args.agree_model} ({args.agree_checkpoint or 'random weights'})"
-    if args.eval_dir:
-        res["eval"] = eval_accuracy({"fp32": a32, "auto": load_model(args.agree_model, args.agree_checkpoint,
-                                                                     device="cpu", precision="auto")},
-                                    args.eval_dir, templates)
+    fp32 = load_model("ViT-B-32", ckpt, device="cpu", precision="fp32")
+    auto = load_model("ViT-B-32", ckpt, device="cpu", precision="auto")
+    text_weights = None
+    if not args.skip_speed:
+        speed_section(res, args, fp32, auto, small[: args.images], templates, ckpt)
+        text_weights = text_section(res, args, fp32, auto, classes, templates)
+    agreement_section(res, args, fp32, auto, small[: args.agree_images], classes, templates, text_weights)
     res["load_end"] = os.getloadavg()
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2, default=str) + "\n", encoding="utf-8")
@@ -277,11 +351,18 @@ def main(argv=None) -> int:  # noqa: PLR0915 - one straight script
 
 
 def report(res: dict, args) -> None:
+    print(f"\n{res['cpu']}; torch {res['torch']}, {res['threads']} threads"
+          f"{' (QUICK: not meaningful)' if args.quick else ''}")
+    if "rates" in res:
+        report_speed(res, args)
+    report_agreement(res)
+
+
+def report_speed(res: dict, args) -> None:
     r = res["rates"]
     limit = r["tower fp32"]["median"]
-    print(f"\n{res['cpu']}; torch {res['torch']}, {res['threads']} threads; ViT-B-32 (random weights), batch "
-          f"{args.batch_size}, {args.images} ImageNet-size JPEGs, {args.repeats} interleaved repeats"
-          f"{' (QUICK: not meaningful)' if args.quick else ''}")
+    print(f"ViT-B-32 (random weights), batch {args.batch_size}, {args.images} ImageNet-size JPEGs, "
+          f"{args.repeats} interleaved repeats")
     print(f"load average: start {res['load_start'][0]:.2f}, during {', '.join(f'{x:.1f}' for x in res['load_during'])}, "
           f"end {res['load_end'][0]:.2f}\n")
     print("| row | img/s median (range) | vs fp32 tower | vs HF pipeline | min cosine to fp32 |")
@@ -298,14 +379,25 @@ def report(res: dict, args) -> None:
           f"{t['auto']['max']:.1f}) = {t['fp32']['median'] / t['auto']['median']:.2f}x; auto ran {res['text_auto_precision']}; "
           f"class weights min cosine {res['text_weights_min_cosine']:.5f}")
     print(f"auto's image check per repeat: {[c['precision'] for c in res['auto_checks']]}")
+
+
+def report_agreement(res: dict) -> None:
     a = res["agreement"]
     print(f"\nagreement fp32 vs auto, {a['model']}, {a['images']} images: image min cosine {a['image_min_cosine']:.5f}")
     for name in ("imagenet", "labels6"):
         x = a[name]
         print(f"  {x['classes']} classes: top-1 identical {100 * x['top1_identical']:.1f}%, class weights min cosine "
               f"{x['weights_min_cosine']:.5f} (fp32 top-1 takes {x['distinct_fp32_top1']} distinct classes)")
+    if "agreement_eval_dir" in res:
+        a = res["agreement_eval_dir"]
+        x = a["eval-dir"]
+        print(f"agreement on --eval-dir's own {a['images']} images, {x['classes']} classes: top-1 identical "
+              f"{100 * x['top1_identical']:.1f}%, image min cosine {a['image_min_cosine']:.5f}, class weights min "
+              f"cosine {x['weights_min_cosine']:.5f}")
     if "eval" in res:
-        print(f"  eval accuracy: {res['eval']}")
+        e = res["eval"]
+        print(f"  eval accuracy: fp32 {100 * e['fp32']['top1']:.2f}%, auto {100 * e['auto']['top1']:.2f}% "
+              f"({e['auto']['precision']}): difference {100 * (e['auto']['top1'] - e['fp32']['top1']):+.2f} points")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 # Subprocesses see a CPU without native bf16, like the tests in this process (cpu_without_native_bf16):
 # "--precision auto" is fp32 everywhere unless a test asks for the bf16 path.
 os.environ["ZEROSHOT_CPU_FLAGS"] = "avx2 avx512f"
+# The image tower runs on torch unless a test asks for OpenVINO (tests/test_runtime_openvino.py
+# passes --runtime / runtime= explicitly): the bf16 tests are about torch's bf16 path.
+os.environ["ZEROSHOT_RUNTIME"] = "torch"
 
 import torch  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402

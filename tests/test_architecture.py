@@ -14,8 +14,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "zeroshot"
 
 # Lower layers never import higher ones (the CLI is a client of everything, nothing imports it).
 LAYERS = [
-    {"_version", "errors", "precision", "prompts", "scoring", "metrics"},
-    {"checkpoints", "models", "hf", "heads"},
+    {"_version", "errors", "paths", "precision", "prompts", "scoring", "metrics"},
+    {"checkpoints", "models", "hf", "heads", "runtimes"},
     {"data"},
     {"encode"},
     {"output"},

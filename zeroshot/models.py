@@ -34,6 +34,7 @@ from .checkpoints import (
 )
 from .errors import ModelLoadError, UsageError
 from .precision import autocast, resolve_device, resolve_precision
+from .runtimes import requested_runtime, resolve_runtime
 
 if TYPE_CHECKING:
     import torch
@@ -72,6 +73,10 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)  # what the checks changed, for the summary
     # Class weights for the image check's top-1 comparison (set by the classifier; optional).
     check_weights: torch.Tensor | None = None
+    # Where the image tower runs: "torch", or "openvino" (``image_runtime`` is then the
+    # compiled tower; see zeroshot/runtimes.py). A failed first-batch check returns to torch.
+    runtime: str = "torch"
+    image_runtime: Any = None
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -94,7 +99,8 @@ class LoadedModel:
     def autocast(self, side: str = "image") -> contextlib.AbstractContextManager:
         """Mixed-precision context for forward passes of one tower (a no-op for fp32, and for
         the bf16 copy of the weights, which needs none)."""
-        if self.tower(side) is self.reduced and self.reduced is not None:
+        tower = self.tower(side)
+        if (tower is self.reduced and self.reduced is not None) or tower is self.image_runtime:
             return contextlib.nullcontext()
         return autocast(self.precision_of(side), self.device)
 
@@ -103,7 +109,10 @@ class LoadedModel:
         return (self.text_precision or self.precision) if side == "text" else self.precision
 
     def tower(self, side: str) -> torch.nn.Module:
-        """The module that runs ``side``: the bf16 copy on a CPU at bf16, else ``model``."""
+        """The module that runs ``side``: the OpenVINO image tower where it runs, the bf16 copy
+        on a CPU at bf16, else ``model``."""
+        if side == "image" and self.runtime != "torch" and self.image_runtime is not None:
+            return self.image_runtime
         if self.reduced is not None and self.precision_of(side) == "bf16" and self.device.type == "cpu":
             return self.reduced
         return self.model
@@ -122,8 +131,7 @@ class LoadedModel:
         if side == "text":
             self.text_precision = "fp32"
         else:
-            self.text_precision = self.precision_of("text")
-            self.precision = "fp32"
+            self._image_fp32()
         self.notes.append(f"{side} tower: {was} disagreed with fp32 on the first batch ({detail}); "
                           "fp32 for the rest of the run")
 
@@ -135,16 +143,29 @@ class LoadedModel:
         if side == "text":
             self.text_precision = "fp32"
         else:
-            self.text_precision = self.precision_of("text")
-            self.precision = "fp32"
+            self._image_fp32()
         self.checked[side] = False
         self.notes.append(f"{side} tower: fp32, {why}")
+
+    def _image_fp32(self) -> None:
+        """The image tower at torch fp32, the reference (the text tower keeps its precision)."""
+        self.text_precision = self.precision_of("text")
+        self.precision = "fp32"
+        self.runtime, self.image_runtime = "torch", None
+
+    @property
+    def image_numerics(self) -> str:
+        """What the image vectors depend on besides the weights: the precision, and the
+        runtime where it is not torch (``bf16+openvino``); part of embedding-store keys."""
+        return self.precision if self.runtime == "torch" else f"{self.precision}+{self.runtime}"
 
     def describe_precision(self) -> str:
         """``bf16``, or ``image fp32, text bf16`` when the towers differ; ``auto`` is marked."""
         image, text = self.precision_of("image"), self.precision_of("text")
         shown = image if image == text else f"image {image}, text {text}"
-        return f"{shown} (auto)" if self.requested == "auto" else shown
+        marks = [m for m in ("auto" if self.requested == "auto" else "",
+                             f"image on {self.runtime}" if self.runtime != "torch" else "") if m]
+        return f"{shown} ({', '.join(marks)})" if marks else shown
 
 
 # ------------------------------------------------------------------------------ name resolution
@@ -510,13 +531,16 @@ def load_model(
     pretrained: str | None = DEFAULT_PRETRAINED,
     device: str | torch.device = "auto",
     precision: str = "auto",
+    runtime: str | None = None,
 ) -> LoadedModel:
     """Load an open_clip model with its tokenizer and inference preprocessing, ready to run.
 
     ``model`` is an architecture (``ViT-B-32``), ``hf-hub:org/name``, a :class:`WeightsRef`
     from :func:`resolve_weights`, or None (the architecture a fine-tuned file's sidecar names,
     else :data:`DEFAULT_MODEL`); ``pretrained`` is a tag (``openai``), a local checkpoint file,
-    or None for random weights (testing only; an empty string is an error).
+    or None for random weights (testing only; an empty string is an error). ``runtime``: where
+    the image tower runs on a CPU (``auto``/``torch``/``openvino``, default ``ZEROSHOT_RUNTIME``
+    or ``auto``; see :mod:`zeroshot.runtimes`).
     """
     import open_clip
     import torch
@@ -530,7 +554,7 @@ def load_model(
 
         net, tokenizer, preprocess = load_hf(Path(ref.create_args[0]), ref.name)
         return _ready(net, tokenizer, preprocess, ref, torch_device, resolved_precision,
-                  (precision or "auto").strip().lower())
+                      (precision or "auto").strip().lower(), runtime)
     try:
         logging.disable(logging.WARNING)  # open_clip logs through the root logger; we report ourselves
         net, _, preprocess = open_clip.create_model_and_transforms(
@@ -550,15 +574,19 @@ def load_model(
         logging.disable(logging.NOTSET)
     _refuse_made_up_bias(net, ref)
     return _ready(net, tokenizer, preprocess, ref, torch_device, resolved_precision,
-                  (precision or "auto").strip().lower())
+                  (precision or "auto").strip().lower(), runtime)
 
 
 def _ready(net: torch.nn.Module, tokenizer: Callable, preprocess: Callable, ref: WeightsRef,
-           device: torch.device, precision: str, requested: str) -> LoadedModel:
+           device: torch.device, precision: str, requested: str, runtime: str | None = None) -> LoadedModel:
     """The model on its device, in eval mode, without gradients, wrapped as a LoadedModel."""
     net = net.to(device).eval()
     for param in net.parameters():
         param.requires_grad_(False)
+    asked = requested_runtime(runtime)
+    runtime = resolve_runtime(asked, device.type, precision, ref.backend)
+    # Converted from the fp32 weights, before an explicit bf16 converts them.
+    image_runtime = _image_runtime(net, ref, precision, runtime, asked != "auto") if runtime != "torch" else None
     reduced = None
     if precision == "bf16" and device.type == "cpu":
         # An explicit bf16 converts the weights; ``auto`` keeps fp32 beside them for its check.
@@ -576,7 +604,30 @@ def _ready(net: torch.nn.Module, tokenizer: Callable, preprocess: Callable, ref:
         requested=requested,
         text_precision=precision,
         reduced=reduced,
+        runtime=runtime if image_runtime is not None else "torch",
+        image_runtime=image_runtime,
     )
+
+
+def _image_runtime(net: torch.nn.Module, ref: WeightsRef, precision: str, runtime: str, explicit: bool) -> Any:
+    """The image tower compiled for ``runtime`` (OpenVINO). Where it cannot be converted, an
+    explicit ``--runtime openvino`` is an error; ``auto`` keeps torch."""
+    from .runtimes import openvino_image_tower
+
+    try:
+        return openvino_image_tower(net, ref.weights_id, _image_size(net), precision)
+    except ModelLoadError:
+        if explicit:
+            raise
+        return None
+
+
+def _image_size(net: torch.nn.Module) -> tuple[int, int]:
+    """The (height, width) the image tower takes."""
+    size = getattr(getattr(net, "visual", None), "image_size", None)
+    if size is None:
+        raise ModelLoadError("the image tower does not say its input size; use --runtime torch")
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def _bf16_weights(net: torch.nn.Module) -> torch.nn.Module:

@@ -31,6 +31,8 @@ from .options import (
     RawCsvOpt,
     RecursiveOpt,
     ReportOpt,
+    Runtime,
+    RuntimeOpt,
     TemplatesOpt,
     WorkersOpt,
     fast_decode_option,
@@ -50,6 +52,7 @@ def classify(
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.auto,
+    runtime: RuntimeOpt = Runtime.auto,
     batch_size: BatchOpt = None,
     workers: WorkersOpt = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, rich_help_panel=OUTPUT_PANEL,
@@ -136,7 +139,7 @@ def classify(
         try:
             embeddings = command_store(store, no_cache, quiet)
             with status(f"loading {weights.name} ({pretrained or 'random init'})", quiet):
-                loaded = load_model(weights, device=device, precision=precision.value)
+                loaded = load_model(weights, device=device, precision=precision.value, runtime=runtime.value)
             model_seconds = time.perf_counter() - started
             with Progress(quiet) as progress:
                 clf = ZeroShotClassifier(label_set, template_set, model=loaded, cache=not no_cache,

@@ -35,6 +35,8 @@ from .options import (
     QuietOpt,
     RawCsvOpt,
     ReportOpt,
+    Runtime,
+    RuntimeOpt,
     WorkersOpt,
     fast_decode_option,
 )
@@ -201,6 +203,7 @@ def eval_command(
     pretrained: PretrainedsOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.auto,
+    runtime: RuntimeOpt = Runtime.auto,
     batch_size: BatchOpt = None,
     workers: WorkersOpt = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", rich_help_panel=OUTPUT_PANEL, dir_okay=False,
@@ -292,7 +295,7 @@ def eval_command(
         models = []
         for (_, tag), ref in zip(pairs, refs):
             with status(f"loading {ref.name} ({tag or 'random init'})", quiet):
-                models.append(load_model(ref, device=device, precision=precision.value))
+                models.append(load_model(ref, device=device, precision=precision.value, runtime=runtime.value))
         loaded = models[0]
         settings = EmbedSettings(batch_size, workers, max_pixels, fast_decode)
         if retrieval:

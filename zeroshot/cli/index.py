@@ -24,6 +24,8 @@ from .options import (
     PretrainedOpt,
     QuietOpt,
     RecursiveOpt,
+    Runtime,
+    RuntimeOpt,
     WorkersOpt,
     fast_decode_option,
 )
@@ -40,6 +42,7 @@ def index(
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.auto,
+    runtime: RuntimeOpt = Runtime.auto,
     batch_size: BatchOpt = None,
     workers: WorkersOpt = None,
     recursive: RecursiveOpt = True,
@@ -67,7 +70,7 @@ def index(
         weights = resolve_weights(model, pretrained)  # an empty --pretrained is a usage error there
         with Store.open(store) as st:
             with status(f"loading {weights.name} ({pretrained})", quiet):
-                loaded = load_model(weights, device=device, precision=precision.value)
+                loaded = load_model(weights, device=device, precision=precision.value, runtime=runtime.value)
             with Progress(quiet) as progress:
                 tasks: dict[str, int] = {}
                 encode_started = [0.0]

@@ -11,6 +11,7 @@ import typer
 from ..data.catalog import DATASETS
 from ..output.writers import FORMAT_NAMES
 from ..precision import PRECISIONS
+from ..runtimes import RUNTIMES
 
 MODEL_PANEL = "Model and device"
 PROMPT_PANEL = "Labels and prompts"
@@ -19,6 +20,7 @@ OUTPUT_PANEL = "Output"
 DATASET_PANEL = "Dataset"
 
 Precision = Enum("Precision", {name: name for name in PRECISIONS}, type=str)  # type: ignore[misc]
+Runtime = Enum("Runtime", {name: name for name in RUNTIMES}, type=str)  # type: ignore[misc]
 OutputFormat = Enum("OutputFormat", {name: name for name in ("auto", *FORMAT_NAMES)}, type=str)  # type: ignore[misc]
 DatasetName = Enum("DatasetName", {name: name for name in DATASETS}, type=str)  # type: ignore[misc]
 
@@ -43,6 +45,9 @@ DeviceOpt = Annotated[str, typer.Option("--device", "-d", envvar="ZEROSHOT_DEVIC
 PrecisionOpt = Annotated[Precision, typer.Option("--precision", envvar="ZEROSHOT_PRECISION", rich_help_panel=MODEL_PANEL,
     help="auto: on a CPU with native bf16 (AVX-512 BF16/AMX) bf16, checked against fp32 on the first batch "
          "(fp32 for the rest if it disagrees), else fp32; bf16 (or fp16) autocast on GPU. fp32 is exact.")]
+RuntimeOpt = Annotated[Runtime, typer.Option("--runtime", envvar="ZEROSHOT_RUNTIME", rich_help_panel=MODEL_PANEL,
+    help="Where the image tower runs on a CPU: torch, or openvino (needs zeroshot[openvino]). auto: OpenVINO for a "
+         "bf16 image tower when it is installed (checked against fp32 like any auto bf16), else torch.")]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, rich_help_panel=MODEL_PANEL,
     help="Images per forward pass (default: 32 on CPU, 256 on GPU).")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", "-j", min=0, rich_help_panel=MODEL_PANEL,

@@ -32,6 +32,8 @@ from .options import (
     RawCsvOpt,
     RecursiveOpt,
     ReportOpt,
+    Runtime,
+    RuntimeOpt,
     WorkersOpt,
     fast_decode_option,
 )
@@ -80,6 +82,7 @@ def search(
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.auto,
+    runtime: RuntimeOpt = Runtime.auto,
     batch_size: BatchOpt = None,
     workers: WorkersOpt = None,
     recursive: RecursiveOpt = True,
@@ -156,7 +159,7 @@ def search(
                 raise UsageError("search without PATH needs the embedding store, which cannot be opened (see "
                                  "the warning); give the PATHs to search")
             with status(f"loading {weights_ref.name} ({pretrained or 'random init'})", quiet):
-                loaded = load_model(weights_ref, device=device, precision=precision.value)
+                loaded = load_model(weights_ref, device=device, precision=precision.value, runtime=runtime.value)
             with Progress(quiet) as progress:
                 settings = EmbedSettings(batch_size, workers, max_pixels, fast_decode)
                 results = run_search(loaded, queries, found, store=embeddings, top=top, min_score=min_score,

@@ -20,18 +20,9 @@ import torch
 from .._version import __version__
 from ..errors import ZeroshotWarning
 from ..models import LoadedModel
+from ..paths import default_cache_dir
 
 CACHE_FORMAT = 1
-
-
-def default_cache_dir() -> Path:
-    """``$ZEROSHOT_CACHE_DIR``, else the platform's user cache folder (e.g. ~/.cache/zeroshot)."""
-    env = os.environ.get("ZEROSHOT_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("zeroshot", appauthor=False))
 
 
 class ClassWeightCache:

@@ -79,6 +79,6 @@ def embedding_key(loaded: LoadedModel, fast_decode: bool) -> EmbeddingKey:
         weights=loaded.weights_id,
         preprocess=preprocess_identity(loaded.preprocess),
         decode="fast" if fast_decode else "exact",
-        precision=loaded.precision,
+        precision=loaded.image_numerics,
         pretrained=loaded.pretrained,
     )

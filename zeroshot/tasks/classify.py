@@ -119,8 +119,10 @@ class ZeroShotClassifier:
         allow_duplicate_labels: bool = False,
         store: Store | str | os.PathLike | bool | None = None,
         head: LinearHead | None = None,
+        runtime: str | None = None,
     ) -> None:
-        self.loaded = model if isinstance(model, LoadedModel) else load_model(model, pretrained, device, precision)
+        self.loaded = (model if isinstance(model, LoadedModel)
+                       else load_model(model, pretrained, device, precision, runtime))
         self.head = head
         if head is not None:  # a fitted linear head (zeroshot fewshot): its labels, no text side
             head.check_model(self.loaded)

@@ -97,6 +97,7 @@ def run_record(result: Any) -> dict[str, Any]:
         "root": result.root,
         "device": result.device,
         "precision": result.precision,
+        "runtime": result.runtime,
     }
 
 
@@ -119,6 +120,7 @@ class EvalResult:
     device: str = "cpu"
     precision: str = "fp32"  # the image tower's (after an ``auto`` check)
     text_precision: str = "fp32"
+    runtime: str = "torch"  # where the image tower ran (torch or openvino)
     precision_notes: list[str] = field(default_factory=list)  # what the ``auto`` checks changed
     images_encoded: int = 0  # run through the model in this run
     images_from_store: int = 0  # read from the embedding store
@@ -327,6 +329,7 @@ def _result(loaded: LoadedModel, dataset: EvalDataset, sets: list[TemplateSet], 
         image_seconds=image_seconds,
         device=str(loaded.device),
         precision=loaded.precision,
+        runtime=loaded.runtime,
         text_precision=loaded.precision_of("text"),
         precision_notes=list(loaded.notes),
         images_encoded=reuse.encoded,

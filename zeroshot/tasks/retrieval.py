@@ -55,6 +55,7 @@ class RetrievalResult:
     image_seconds: float
     device: str = "cpu"
     precision: str = "fp32"
+    runtime: str = "torch"  # where the image tower ran (torch or openvino)
     images_encoded: int = 0
     images_from_store: int = 0
 
@@ -104,7 +105,7 @@ def evaluate_retrieval(
         dataset=dataset.name, root=dataset.root, model=loaded.name, pretrained=loaded.pretrained, metrics=metrics,
         num_images=len(dataset), num_texts=len(dataset.texts), skipped=skipped,
         seconds=time.perf_counter() - started, image_seconds=image_seconds, device=str(loaded.device),
-        precision=loaded.precision, images_encoded=reuse.encoded, images_from_store=reuse.from_store,
+        precision=loaded.precision, runtime=loaded.runtime, images_encoded=reuse.encoded, images_from_store=reuse.from_store,
     )
 
 
