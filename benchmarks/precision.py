@@ -307,7 +307,10 @@ def agreement_section(res: dict, args, fp32, auto, paths: list[str], classes: li
     res["agreement_eval_dir"] = agreement(a32, fresh_auto(aau), [p for p, _ in own],
                                           {"eval-dir": sorted({c for _, c in own})}, templates, args.batch_size)
     res["agreement_eval_dir"]["model"] = model
-    res["eval"] = eval_accuracy({"fp32": a32, "auto": fresh_auto(aau)}, args.eval_dir, templates)
+    # "auto" may fall back to fp32 after its first-batch check; forced bf16 runs every image at bf16.
+    forced = {f"bf16 on {rt}, no check": load_model(args.agree_model, args.agree_checkpoint, device="cpu",
+                                                   precision="bf16", runtime=rt) for rt in ("torch", aau.runtime)}
+    res["eval"] = eval_accuracy({"fp32": a32, "auto": fresh_auto(aau), **forced}, args.eval_dir, templates)
 
 
 def make_shapes_eval(root: Path, per_pair: int) -> None:
@@ -396,8 +399,11 @@ def report_agreement(res: dict) -> None:
               f"cosine {x['weights_min_cosine']:.5f}")
     if "eval" in res:
         e = res["eval"]
-        print(f"  eval accuracy: fp32 {100 * e['fp32']['top1']:.2f}%, auto {100 * e['auto']['top1']:.2f}% "
-              f"({e['auto']['precision']}): difference {100 * (e['auto']['top1'] - e['fp32']['top1']):+.2f} points")
+        print(f"  eval top-1: fp32 {100 * e['fp32']['top1']:.2f}%")
+        for name, row in e.items():
+            if name != "fp32":
+                print(f"    {name} ({row['precision']}): {100 * row['top1']:.2f}%, "
+                      f"{100 * (row['top1'] - e['fp32']['top1']):+.2f} points")
 
 
 if __name__ == "__main__":
