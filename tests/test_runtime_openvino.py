@@ -142,6 +142,27 @@ def test_conversion_is_cached_per_weights(tiny_ckpt, tmp_path, monkeypatch):
         load(save_random_model("zs-tiny", tmp_path / "other.pt", seed=3))
 
 
+def test_full_cache_converts_for_the_run(tiny_ckpt, monkeypatch):
+    import errno
+
+    import zeroshot.runtimes
+    from zeroshot.encode.vision import encode_images
+    from zeroshot.errors import ZeroshotWarning
+    from zeroshot.paths import default_cache_dir
+
+    def disk_full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(zeroshot.runtimes, "_save_ir", disk_full)
+    with pytest.warns(ZeroshotWarning, match="could not keep the OpenVINO conversion"):
+        loaded = load(tiny_ckpt)
+    assert not list((default_cache_dir() / "openvino").iterdir())  # nothing half-written left behind
+    x = pixels(loaded)
+    with torch.inference_mode():
+        reference = torch.nn.functional.normalize(loaded.model.encode_image(x), dim=-1)
+    assert torch.allclose(encode_images(loaded, x), reference, atol=1e-5)
+
+
 def test_conversion_failure(tiny_ckpt, monkeypatch, cpu_with_native_bf16):
     import zeroshot.runtimes
     from zeroshot.errors import ModelLoadError

@@ -19,10 +19,11 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ModelLoadError, UsageError
+from .errors import ModelLoadError, UsageError, ZeroshotWarning
 from .paths import default_cache_dir
 
 if TYPE_CHECKING:
@@ -95,12 +96,17 @@ def openvino_image_tower(model: torch.nn.Module, weights_id: str, image_size: tu
     import openvino as ov
     import torch
 
-    path = _converted(model, weights_id, image_size, cache_dir)
     core = ov.Core()
+    try:
+        graph = core.read_model(str(_converted(model, weights_id, image_size, cache_dir)))
+    except OSError as err:  # a read-only or full cache: convert for this run only
+        warnings.warn(f"could not keep the OpenVINO conversion in the cache ({err.strerror or err}); "
+                      "converting again at every start", ZeroshotWarning, stacklevel=2)
+        graph = _convert(model, image_size)
     config = {"INFERENCE_PRECISION_HINT": _HINTS[precision], "INFERENCE_NUM_THREADS": torch.get_num_threads(),
               "PERFORMANCE_HINT": "LATENCY"}
     try:
-        compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        compiled = core.compile_model(graph, "CPU", config)
     except RuntimeError as err:
         raise ModelLoadError(f"OpenVINO could not compile the image tower: {_first_line(err)}; "
                              "use --runtime torch") from None
