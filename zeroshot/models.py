@@ -553,6 +553,22 @@ def load_model(
                   (precision or "auto").strip().lower())
 
 
+def relocate(loaded: LoadedModel, device: str | torch.device = "auto", precision: str | None = None) -> LoadedModel:
+    """The fp32 weights of ``loaded`` (e.g. received by another process: a Ray actor) ready on
+    ``device``, with ``precision`` (default: the one asked for at load) chosen there exactly as
+    :func:`load_model` chooses it. ``check_weights`` travel along (for ``auto``'s first-batch check)."""
+    import torch
+
+    torch_device = device if isinstance(device, torch.device) else resolve_device(device)
+    requested = (precision or loaded.requested or loaded.precision).strip().lower()
+    ref = WeightsRef(loaded.name, loaded.name, loaded.pretrained, loaded.weights_id, loaded.name, ())
+    ready = _ready(loaded.model, loaded.tokenizer, loaded.preprocess, ref, torch_device,
+                   resolve_precision(requested, torch_device), requested)
+    if loaded.check_weights is not None:
+        ready.check_weights = loaded.check_weights.to(torch_device)
+    return ready
+
+
 def _ready(net: torch.nn.Module, tokenizer: Callable, preprocess: Callable, ref: WeightsRef,
            device: torch.device, precision: str, requested: str) -> LoadedModel:
     """The model on its device, in eval mode, without gradients, wrapped as a LoadedModel."""
