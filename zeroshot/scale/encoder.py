@@ -22,6 +22,9 @@ from ..models import LoadedModel
 from .cluster import RaySettings, require_ray
 from .workers import EncodeRows, decode_rows, portable
 
+# A decode process is replaced after this many batches: a decoder that leaks cannot grow forever.
+DECODE_CALLS_PER_PROCESS = 1000
+
 
 class RayEncoder:
     """``embed_images`` on a Ray cluster (connect first: :func:`zeroshot.scale.connect`)."""
@@ -57,7 +60,7 @@ class RayEncoder:
         dataset = self._dataset(loaded, inputs, plan, settings, preprocessor, cluster)
         ready: dict[int, tuple] = {}
         following = 0  # the next batch to yield
-        for row in dataset.iter_rows():
+        for row in _rows(dataset):
             k = int(row["batch"])
             if k < following or k in ready:
                 continue  # a retried task's second copy
@@ -85,14 +88,16 @@ class RayEncoder:
             decode_rows, batch_size=1, batch_format="numpy", num_cpus=cluster.decode_cpus,
             fn_kwargs={"pre": pre, "max_pixels": settings.max_pixels, "fast_decode": settings.fast_decode,
                        "low_priority": not cluster.gpus},
-            max_retries=3)  # differs from the actors' remote args: never fused into the actor pool
+            # Also keeps the tasks apart from the actor pool (different remote args: not fused).
+            max_calls=DECODE_CALLS_PER_PROCESS)
         return decoded.map_batches(
             EncodeRows, batch_size=1, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=cluster.actors),
             num_cpus=cluster.actor_cpus, num_gpus=1 if cluster.gpus else 0,
             fn_constructor_kwargs={"shipped": [self._ship(loaded)], "gpu": bool(cluster.gpus),
-                                   "precision": _actor_precision(loaded), "threads": None},
-            max_restarts=-1, max_task_retries=-1)  # a lost actor is replaced and its batch run again
+                                   "precision": _actor_precision(loaded), "threads": None})
+        # Ray Data's actor pools restart a lost actor and run its batch again (max_restarts and
+        # max_task_retries -1 by default): _results takes each batch once.
 
     def _ship(self, loaded: LoadedModel) -> Any:
         """The model's weights in the object store, once per model and run."""
@@ -100,6 +105,17 @@ class RayEncoder:
         if id(loaded) not in self._shipped:
             self._shipped[id(loaded)] = ray.put(portable(loaded))
         return self._shipped[id(loaded)]
+
+
+def _rows(dataset: Any) -> Iterator[dict]:
+    """The dataset's rows as they finish; a failure of the Ray run is one line (finished work is
+    kept by the journal and the store)."""
+    ray = require_ray()
+    try:
+        yield from dataset.iter_rows()
+    except ray.exceptions.RayError as err:
+        lines = [line for line in str(err).splitlines() if line.strip() and not line.startswith(("[", " "))]
+        raise ZeroshotError(f"the Ray run failed: {(lines[-1] if lines else type(err).__name__)[:300]}") from None
 
 
 def _actor_precision(loaded: LoadedModel) -> str:

@@ -97,7 +97,7 @@ class EncodeRows:
 
 def _maybe_die(encoded: int) -> None:
     folder = os.environ.get(FAULT_ENV)
-    if not folder or encoded < 2:
+    if not folder or encoded < 2 or not os.path.isdir(folder):
         return
     try:
         fd = os.open(os.path.join(folder, "killed"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
