@@ -44,9 +44,18 @@ class RaySettings:
         resources = ray.cluster_resources()
         gpus_total = int(resources.get("GPU", 0))
         gpus = self.gpus if self.gpus is not None else gpus_total > 0
+        cpus = float(resources.get("CPU", 0))
         nodes = max(1, sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0))
-        actors = self.actors or (max(1, gpus_total) if gpus else nodes)
-        return RaySettings(actors=actors, decode_cpus=self.decode_cpus, actor_cpus=self.actor_cpus or 1.0,
+        actor_cpus = self.actor_cpus or 1.0
+        # CPU actors: one per node, leaving room for at least one decode task.
+        fitting = max(1, int((cpus - self.decode_cpus) // actor_cpus))
+        actors = self.actors or (max(1, gpus_total) if gpus else min(nodes, fitting))
+        if actors * actor_cpus + self.decode_cpus > cpus:
+            raise UsageError(f"--ray-actors {actors} x --ray-actor-cpus {actor_cpus:g} plus one decode task "
+                             f"({self.decode_cpus:g} CPU) need more than the cluster's {cpus:g} CPUs; ask for fewer")
+        if gpus and actors > gpus_total:
+            raise UsageError(f"--ray-actors {actors}: the cluster has {gpus_total} GPU(s), one per actor")
+        return RaySettings(actors=actors, decode_cpus=self.decode_cpus, actor_cpus=actor_cpus,
                            gpus=gpus, batch_size=self.batch_size or (256 if gpus else 32))
 
 
