@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 from ..errors import UsageError
 
@@ -59,25 +61,26 @@ class RaySettings:
                            gpus=gpus, batch_size=self.batch_size or (256 if gpus else 32))
 
 
-def connect(address: str = "auto") -> ModuleType:
+def connect(address: str = "auto", **init: Any) -> ModuleType:
     """Join the Ray cluster at ``address`` (host:port or ray://...), or with ``auto``: the one
     ``RAY_ADDRESS`` names (as under ``ray job submit``), else one started on this machine by
     ``ray start``, else a local Ray started for this run; ``local`` always starts a local one.
-    Already connected (e.g. in a Ray job or a notebook): kept as it is."""
+    Already connected (e.g. in a Ray job or a notebook): kept as it is. ``init``: more
+    ``ray.init`` arguments (e.g. ``num_cpus`` for a local Ray)."""
     ray = require_ray()
-    if ray.is_initialized():
-        return ray
-    for key, value in _QUIET_ENV.items():
-        os.environ.setdefault(key, value)
-    target = None if address in ("", "auto") else address
-    try:
-        ray.init(address=target, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                 configure_logging=True)
-    except (ConnectionError, ValueError, RuntimeError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UsageError(f"--ray {address}: cannot connect to a Ray cluster ({first[:200]}); start one with "
-                         "'ray start --head' or give its address (host:port)") from None
+    if not ray.is_initialized():
+        for key, value in _QUIET_ENV.items():
+            os.environ.setdefault(key, value)
+        target = None if address in ("", "auto") else address
+        try:
+            ray.init(address=target, **{"include_dashboard": False, "log_to_driver": False,
+                                        "logging_level": "ERROR", **init})
+        except (ConnectionError, ValueError, RuntimeError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UsageError(f"--ray {address}: cannot connect to a Ray cluster ({first[:200]}); start one with "
+                             "'ray start --head' or give its address (host:port)") from None
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # its progress lines: the CLI has its own
     return ray

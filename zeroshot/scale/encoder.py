@@ -24,6 +24,8 @@ from .workers import EncodeRows, decode_rows, portable
 
 # A decode process is replaced after this many batches: a decoder that leaks cannot grow forever.
 DECODE_CALLS_PER_PROCESS = 1000
+# Batches per decode task at most (512 images at the CPU batch size: about a second of one core).
+BATCHES_PER_BLOCK = 16
 
 
 class RayEncoder:
@@ -84,7 +86,7 @@ class RayEncoder:
         rows = [{"batch": k, "payload": pickle.dumps([inputs[i] for i in batch], protocol=5)}
                 for k, batch in enumerate(plan)]
         pre = preprocessor or Preprocessor(loaded.preprocess)
-        decoded = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+        decoded = ray.data.from_items(rows, override_num_blocks=_blocks(len(rows))).map_batches(
             decode_rows, batch_size=1, batch_format="numpy", num_cpus=cluster.decode_cpus,
             fn_kwargs={"pre": pre, "max_pixels": settings.max_pixels, "fast_decode": settings.fast_decode,
                        "low_priority": not cluster.gpus},
@@ -105,6 +107,14 @@ class RayEncoder:
         if id(loaded) not in self._shipped:
             self._shipped[id(loaded)] = ray.put(portable(loaded))
         return self._shipped[id(loaded)]
+
+
+def _blocks(batches: int) -> int:
+    """Input blocks (one decode task each): at most BATCHES_PER_BLOCK batches, and at least two
+    per CPU of the cluster so that every node decodes."""
+    ray = require_ray()
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return min(batches, max(-(-batches // BATCHES_PER_BLOCK), 2 * cpus))
 
 
 def _rows(dataset: Any) -> Iterator[dict]:
