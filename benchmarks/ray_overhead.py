@@ -9,9 +9,11 @@ the machine is doing: the load average is printed next to every figure.
 
 1. ``classify`` throughput, local vs ``--ray`` at the same CPU count: a local Ray with
    ``num_cpus`` = this machine's cores; the local run with its default decode workers. Runs
-   alternate (local, ray, local, ray, ...); medians. Two figures per run: end to end (from
-   the call to the last row, including Ray's actor start and model shipping) and steady
-   (from the first row to the last: what a long run sees).
+   alternate (local, ray, local, ray, ...) over the first half of the images and over all of
+   them; medians. Two figures: end to end (all images, from the call to the last row,
+   including Ray's actor start and model shipping) and marginal (the images/s the second half
+   of the images added: ``(N - N/2) / (T(N) - T(N/2))``, what a long run approaches; the fixed
+   start-up cost is then ``T(N/2) - (N/2) / marginal``).
 2. The model's inputs: decode + preprocess images/s on one core (one process, no model), the
    image tower's images/s on this machine's cores (preprocessed tensors, fp32), and the
    driver's write rate (CSV rows/s of ``write_predictions``, top-5 rows).
@@ -40,24 +42,18 @@ def load() -> str:
 
 
 def classify_run(clf, paths: list[str], batch_size: int) -> dict:
-    """End-to-end and steady images/s of one classify_paths run (steady: the second half of the
-    rows, when both pipelines are full; Ray's decode tasks run ahead while its actor starts, so
-    timing from the first row would flatter it)."""
+    """Seconds and images/s of one classify_paths run, and when its first row came."""
     started = time.perf_counter()
-    first = time.perf_counter() if clf.encoder is not None else started  # Ray connection and sizing
-    halfway = None
+    first = None
     count = 0
     for pred in clf.classify_paths(paths, batch_size=batch_size):
         if not pred.ok:
             raise SystemExit(f"benchmark image failed: {pred.path}: {pred.error}")
         count += 1
-        if count == 1:
-            first = time.perf_counter()
-        if count == len(paths) // 2:
-            halfway = time.perf_counter()
-    end = time.perf_counter()
-    return {"images": count, "seconds": end - started, "images_per_s": count / (end - started),
-            "first_row_s": first - started, "steady_images_per_s": (count - len(paths) // 2) / (end - halfway),
+        if first is None:
+            first = time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    return {"images": count, "seconds": seconds, "images_per_s": count / seconds, "first_row_s": first,
             "load": load()}
 
 
@@ -114,13 +110,19 @@ def main(argv=None) -> int:
     remote = ZeroShotClassifier(LABELS6, templates="photo", model=loaded, cache=False,
                                 encoder=RayEncoder(RaySettings()))
     log(f"ray settings: {RaySettings().resolved()}")
+    half = paths[: len(paths) // 2]
     runs: dict[str, list[dict]] = {"local": [], "ray": []}
     for r in range(args.repeats):
         for name, clf in (("local", local), ("ray", remote)):
-            runs[name].append(classify_run(clf, paths, args.batch_size))
-            log(f"repeat {r + 1} {name}: {runs[name][-1]}")
-    med = {name: {key: statistics.median(run[key] for run in rs) for key in ("images_per_s", "steady_images_per_s", "first_row_s")}
-           for name, rs in runs.items()}
+            short = classify_run(clf, half, args.batch_size)
+            full = classify_run(clf, paths, args.batch_size)
+            full["marginal_images_per_s"] = (len(paths) - len(half)) / (full["seconds"] - short["seconds"])
+            full["startup_s"] = short["seconds"] - len(half) / full["marginal_images_per_s"]
+            full["half"] = short
+            runs[name].append(full)
+            log(f"repeat {r + 1} {name}: {full}")
+    keys = ("images_per_s", "marginal_images_per_s", "startup_s", "first_row_s")
+    med = {name: {key: statistics.median(run[key] for run in rs) for key in keys} for name, rs in runs.items()}
     ray.shutdown()
     decode = bench_decode(loaded, paths[:64], draft=True)
     decode["load"] = load()
@@ -128,15 +130,16 @@ def main(argv=None) -> int:
     writes = write_rate(200_000)
     result = {"cpus": args.cpus, "images": args.images, "batch_size": args.batch_size, "runs": runs, "median": med,
               "ratio_end_to_end": med["ray"]["images_per_s"] / med["local"]["images_per_s"],
-              "ratio_steady": med["ray"]["steady_images_per_s"] / med["local"]["steady_images_per_s"],
+              "ratio_marginal": med["ray"]["marginal_images_per_s"] / med["local"]["marginal_images_per_s"],
               "decode_per_core": decode, "tower": tower, "driver_write": writes}
     print(f"classify, {args.images} ImageNet-size JPEGs, ViT-B-32 fp32, batch {args.batch_size}, {args.cpus} CPUs, "
-          f"median of {args.repeats} interleaved runs (load during runs: "
+          f"median of {args.repeats} interleaved runs (1-min load after each run: "
           f"{', '.join(r['load'].split()[0] for rs in runs.values() for r in rs)})")
     for name in ("local", "ray"):
-        print(f"  {name:5s}  end to end {med[name]['images_per_s']:7.1f} img/s   "
-              f"steady {med[name]['steady_images_per_s']:7.1f} img/s   first row after {med[name]['first_row_s']:5.1f}s")
-    print(f"  ray / local: end to end {result['ratio_end_to_end']:.2f}x, steady {result['ratio_steady']:.2f}x")
+        print(f"  {name:5s}  end to end {med[name]['images_per_s']:6.1f} img/s   marginal "
+              f"{med[name]['marginal_images_per_s']:6.1f} img/s   start-up {med[name]['startup_s']:5.1f} s   "
+              f"first row after {med[name]['first_row_s']:5.1f} s")
+    print(f"  ray / local: end to end {result['ratio_end_to_end']:.2f}x, marginal {result['ratio_marginal']:.2f}x")
     print(f"decode + preprocess, one core:       {decode['images_per_s']:7.1f} img/s (load {decode['load']})")
     print(f"image tower, {tower['threads']} threads, fp32:     {tower['images_per_s']:7.1f} img/s (load {tower['load']})")
     print(f"driver CSV writer, top-5 rows:       {writes['rows_per_s']:9.0f} rows/s (load {writes['load']})")

@@ -104,6 +104,10 @@ def test_index_ray_stores_identical_vectors(tmp_path, tiny_ckpt):
     a, b = stored(tmp_path / "local"), stored(tmp_path / "ray")
     assert len(a) == 11 and a == b  # same paths, same key, byte-identical vectors
     assert remote.output.count("skipping") == local.output.count("skipping") == 4
+    # The store works the same under --ray: what it holds is read, not encoded again.
+    again = run("classify", images, *tiny_cli_args(tiny_ckpt), "-l", "red", "-l", "blue", "--store", tmp_path / "ray",
+                "--ray", "auto", "-o", tmp_path / "out.csv")
+    assert again.exit_code == 3 and "encoded 0, 11 from the store" in again.output, again.output
 
 
 def test_eval_ray_gives_identical_metrics(tmp_path, tiny_ckpt):
