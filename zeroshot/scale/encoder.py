@@ -34,7 +34,6 @@ class RayEncoder:
     def __init__(self, settings: RaySettings = RaySettings()) -> None:
         self.settings = settings
         self._shipped: dict[int, Any] = {}  # id(loaded) -> object ref of its portable copy
-        self.notes: list[str] = []
 
     def __call__(self, loaded: LoadedModel, inputs: Sequence[Any], settings: EmbedSettings = EmbedSettings(),
                  preprocessor: Preprocessor | None = None) -> Iterator[Embedded]:
