@@ -171,3 +171,16 @@ def test_without_ray_a_one_line_error(tmp_path, tiny_ckpt, monkeypatch):
         assert result.exit_code == 2, result.output
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert len(lines) == 1 and 'pip install "zeroshot[ray]"' in lines[0], result.output
+
+
+def test_an_address_nobody_answers_is_refused_in_seconds():
+    import socket
+
+    from zeroshot.errors import UsageError
+    from zeroshot.scale.cluster import _reachable
+
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(UsageError, match=f"--ray 127.0.0.1:{port}: cannot connect to a Ray cluster"):
+        _reachable(f"127.0.0.1:{port}")

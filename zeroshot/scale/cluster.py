@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -61,6 +62,18 @@ class RaySettings:
                            gpus=gpus, batch_size=self.batch_size or (256 if gpus else 32))
 
 
+def _reachable(address: str, timeout: float = 10.0) -> None:
+    """A ``host:port`` that nothing answers on is refused in seconds (Ray itself waits minutes)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise UsageError(f"--ray {address}: cannot connect to a Ray cluster ({err.strerror or err}); start one with "
+                         "'ray start --head' or give its address (host:port)") from None
+
+
 def connect(address: str = "auto", **init: Any) -> ModuleType:
     """Join the Ray cluster at ``address`` (host:port or ray://...), or with ``auto``: the one
     ``RAY_ADDRESS`` names (as under ``ray job submit``), else one started on this machine by
@@ -72,6 +85,7 @@ def connect(address: str = "auto", **init: Any) -> ModuleType:
         for key, value in _QUIET_ENV.items():
             os.environ.setdefault(key, value)
         target = None if address in ("", "auto") else address
+        _reachable(address)
         try:
             ray.init(address=target, **{"include_dashboard": False, "log_to_driver": False,
                                         "logging_level": "ERROR", **init})
