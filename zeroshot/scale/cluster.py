@@ -62,7 +62,7 @@ class RaySettings:
                            gpus=gpus, batch_size=self.batch_size or (256 if gpus else 32))
 
 
-def _reachable(address: str, timeout: float = 10.0) -> None:
+def _reachable(address: str, option: str | None = None, timeout: float = 10.0) -> None:
     """A ``host:port`` that nothing answers on is refused in seconds (Ray itself waits minutes)."""
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or "://" in address:
@@ -70,7 +70,8 @@ def _reachable(address: str, timeout: float = 10.0) -> None:
     try:
         socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
     except OSError as err:
-        raise UsageError(f"--ray {address}: cannot connect to a Ray cluster ({err.strerror or err}); start one with "
+        where = address if option in (None, address) else f"{option} (RAY_ADDRESS={address})"
+        raise UsageError(f"--ray {where}: cannot connect to a Ray cluster ({err.strerror or err}); start one with "
                          "'ray start --head' or give its address (host:port)") from None
 
 
@@ -85,7 +86,7 @@ def connect(address: str = "auto", **init: Any) -> ModuleType:
         for key, value in _QUIET_ENV.items():
             os.environ.setdefault(key, value)
         target = None if address in ("", "auto") else address
-        _reachable(address)
+        _reachable(address if target else os.environ.get("RAY_ADDRESS", ""), address)
         try:
             ray.init(address=target, **{"include_dashboard": False, "log_to_driver": False,
                                         "logging_level": "ERROR", **init})
