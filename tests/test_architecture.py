@@ -21,7 +21,7 @@ LAYERS = [
     {"output"},
     {"store"},
     {"tasks"},
-    {"train"},  # optional: fine-tuning and few-shot heads sit beside the library, which never imports them
+    {"train", "scale"},  # optional: fine-tuning, few-shot heads and Ray scale-out sit beside the library, which never imports them
     {"cli", "__main__"},
 ]
 
@@ -103,11 +103,13 @@ def test_layers_point_one_way():
     assert not offenders, offenders
 
 
-def test_the_library_core_never_imports_train():
-    """``zeroshot.train`` is optional: only the CLI (and train itself) may import it, even lazily."""
+@pytest.mark.parametrize("optional", ["zeroshot.train", "zeroshot.scale"])
+def test_the_library_core_never_imports_an_optional_package(optional):
+    """``zeroshot.train`` and ``zeroshot.scale`` are optional: only the CLI (and the package
+    itself) may import them, even lazily."""
     offenders = [f"{name} imports {target}" for name, path in all_modules().items()
-                 if not name.startswith(("zeroshot.train", "zeroshot.cli"))
-                 for target, _ in imports_of(path) if target.startswith("zeroshot.train")]
+                 if not name.startswith((optional, "zeroshot.cli"))
+                 for target, _ in imports_of(path) if target.startswith(optional)]
     assert not offenders, offenders
 
 
@@ -141,6 +143,6 @@ def test_the_checks_would_catch_a_cycle(tmp_path, monkeypatch):
 
 def test_cli_starts_without_torch():
     code = ("import sys, zeroshot, zeroshot.cli; "
-            "print(sorted(m for m in ('torch', 'open_clip', 'numpy', 'pandas') if m in sys.modules))")
+                        "print(sorted(m for m in ('torch', 'open_clip', 'numpy', 'pandas', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -77,6 +77,7 @@ class LoadedModel:
     # compiled tower; see zeroshot/runtimes.py). A failed first-batch check returns to torch.
     runtime: str = "torch"
     image_runtime: Any = None
+    requested_runtime: str = "auto"  # the --runtime asked for (a Ray actor resolves it again)
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -577,6 +578,22 @@ def load_model(
                   (precision or "auto").strip().lower(), runtime)
 
 
+def relocate(loaded: LoadedModel, device: str | torch.device = "auto", precision: str | None = None) -> LoadedModel:
+    """The fp32 weights of ``loaded`` (e.g. received by another process: a Ray actor) ready on
+    ``device``, with ``precision`` (default: the one asked for at load) chosen there exactly as
+    :func:`load_model` chooses it. ``check_weights`` travel along (for ``auto``'s first-batch check)."""
+    import torch
+
+    torch_device = device if isinstance(device, torch.device) else resolve_device(device)
+    requested = (precision or loaded.requested or loaded.precision).strip().lower()
+    ref = WeightsRef(loaded.name, loaded.name, loaded.pretrained, loaded.weights_id, loaded.name, ())
+    ready = _ready(loaded.model, loaded.tokenizer, loaded.preprocess, ref, torch_device,
+                   resolve_precision(requested, torch_device), requested, loaded.requested_runtime)
+    if loaded.check_weights is not None:
+        ready.check_weights = loaded.check_weights.to(torch_device)
+    return ready
+
+
 def _ready(net: torch.nn.Module, tokenizer: Callable, preprocess: Callable, ref: WeightsRef,
            device: torch.device, precision: str, requested: str, runtime: str | None = None) -> LoadedModel:
     """The model on its device, in eval mode, without gradients, wrapped as a LoadedModel."""
@@ -606,6 +623,7 @@ def _ready(net: torch.nn.Module, tokenizer: Callable, preprocess: Callable, ref:
         reduced=reduced,
         runtime=runtime if image_runtime is not None else "torch",
         image_runtime=image_runtime,
+        requested_runtime=asked,
     )
 
 

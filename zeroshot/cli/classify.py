@@ -13,6 +13,7 @@ from ..data.decode import DEFAULT_MAX_PIXELS
 from ..data.discover import IMAGE_EXTENSIONS
 from ..errors import UsageError
 from ..models import DEFAULT_PRETRAINED
+from .cluster import ray_encoder
 from .console import EXIT_PARTIAL, Progress, cli_errors, printable, rate_text, say, status
 from .options import (
     OUTPUT_PANEL,
@@ -29,6 +30,10 @@ from .options import (
     PretrainedOpt,
     QuietOpt,
     RawCsvOpt,
+    RayActorCpusOpt,
+    RayActorsOpt,
+    RayDecodeCpusOpt,
+    RayOpt,
     RecursiveOpt,
     ReportOpt,
     Runtime,
@@ -79,6 +84,10 @@ def classify(
     store: StoreOpt = None,
     head: Annotated[Optional[Path], typer.Option("--head", rich_help_panel=PROMPT_PANEL, dir_okay=False,
         help="A linear head from 'zeroshot fewshot' instead of the text side: its labels, its weights.")] = None,
+    ray: RayOpt = None,
+    ray_actors: RayActorsOpt = None,
+    ray_decode_cpus: RayDecodeCpusOpt = 1.0,
+    ray_actor_cpus: RayActorCpusOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Classify images: print the most likely label(s) and probabilities for every image.
@@ -136,6 +145,7 @@ def classify(
 
         if store is not None and no_cache:
             raise UsageError("--store and --no-cache contradict each other: --no-cache uses no store")
+        encoder = ray_encoder(ray, ray_actors, ray_decode_cpus, ray_actor_cpus, quiet)
         try:
             embeddings = command_store(store, no_cache, quiet)
             with status(f"loading {weights.name} ({pretrained or 'random init'})", quiet):
@@ -145,7 +155,7 @@ def classify(
                 clf = ZeroShotClassifier(label_set, template_set, model=loaded, cache=not no_cache,
                                          text_progress=progress.tracker("encoding prompts"), store=embeddings,
                                          allow_duplicate_labels=True,  # already validated by resolve_labels
-                                         head=fitted)
+                                         head=fitted, encoder=encoder)
             text_seconds = time.perf_counter() - started - model_seconds
             if output is None:
                 _stdout_keeps_raw_names()

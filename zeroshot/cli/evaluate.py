@@ -17,6 +17,7 @@ from typer.core import TyperCommand
 from ..data.decode import DEFAULT_MAX_PIXELS
 from ..errors import UsageError
 from ..models import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from .cluster import ray_encoder
 from .console import EXIT_PARTIAL, Progress, cli_errors, printable, rate_text, say, status
 from .options import (
     DATASET_PANEL,
@@ -34,6 +35,10 @@ from .options import (
     PretrainedsOpt,
     QuietOpt,
     RawCsvOpt,
+    RayActorCpusOpt,
+    RayActorsOpt,
+    RayDecodeCpusOpt,
+    RayOpt,
     ReportOpt,
     Runtime,
     RuntimeOpt,
@@ -227,6 +232,10 @@ def eval_command(
         help="Seed of the K-shot samples.")] = 0,
     reg: Annotated[float, typer.Option("--reg", min=0.0, rich_help_panel=SHOTS_PANEL,
         help="Few-shot heads: pull toward the zero-shot weights (see 'zeroshot fewshot').")] = 1e-3,
+    ray: RayOpt = None,
+    ray_actors: RayActorsOpt = None,
+    ray_decode_cpus: RayDecodeCpusOpt = 1.0,
+    ray_actor_cpus: RayActorCpusOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Zero-shot accuracy (top-1, top-5, mean per-class recall) of one or several models on a
@@ -290,6 +299,10 @@ def eval_command(
             raise UsageError("eval retrieval takes one model at a time; give one -m/-p pair")
         if shot_counts is not None and len(refs) > 1:
             raise UsageError("--shots takes one model at a time; give one -m/-p pair")
+        if ray is not None and (retrieval or shot_counts is not None):
+            raise UsageError(f"--ray runs classification sets without --shots; drop --ray for "
+                             f"{'a retrieval set' if retrieval else '--shots'}")
+        encoder = ray_encoder(ray, ray_actors, ray_decode_cpus, ray_actor_cpus, quiet)
         if data.images is None:  # image files: the embedding store applies
             embeddings = command_store(store, no_cache, quiet)
         models = []
@@ -323,7 +336,7 @@ def eval_command(
             try:
                 results = evaluate_models(models, data, template_sets, settings, cache=not no_cache,
                                           on_text_progress=text_progress, on_image_progress=image_progress,
-                                          on_skip=skip, store=embeddings)
+                                          on_skip=skip, store=embeddings, encoder=encoder)
             finally:
                 if embeddings is not None and shot_counts is None:
                     embeddings.close()

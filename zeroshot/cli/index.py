@@ -12,6 +12,7 @@ from ..data.decode import DEFAULT_MAX_PIXELS
 from ..data.discover import IMAGE_EXTENSIONS
 from ..errors import UsageError
 from ..models import DEFAULT_PRETRAINED
+from .cluster import ray_encoder
 from .console import EXIT_PARTIAL, Progress, cli_errors, printable, rate_text, say, status
 from .options import (
     BatchOpt,
@@ -23,6 +24,10 @@ from .options import (
     PrecisionOpt,
     PretrainedOpt,
     QuietOpt,
+    RayActorCpusOpt,
+    RayActorsOpt,
+    RayDecodeCpusOpt,
+    RayOpt,
     RecursiveOpt,
     Runtime,
     RuntimeOpt,
@@ -49,6 +54,10 @@ def index(
     hidden: HiddenOpt = False,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     fast_decode: Annotated[bool, fast_decode_option(True)] = True,
+    ray: RayOpt = None,
+    ray_actors: RayActorsOpt = None,
+    ray_decode_cpus: RayDecodeCpusOpt = 1.0,
+    ray_actor_cpus: RayActorCpusOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Encode images into the embedding store once; reruns encode only new and changed files and drop those gone."""
@@ -68,6 +77,7 @@ def index(
             why = f" ({printable(problems[0][0])}: {problems[0][1]})" if problems else ""
             raise UsageError(f"found 0 images in {', '.join(inputs)}{why}; supported extensions are {exts}")
         weights = resolve_weights(model, pretrained)  # an empty --pretrained is a usage error there
+        encoder = ray_encoder(ray, ray_actors, ray_decode_cpus, ray_actor_cpus, quiet)
         with Store.open(store) as st:
             with status(f"loading {weights.name} ({pretrained})", quiet):
                 loaded = load_model(weights, device=device, precision=precision.value, runtime=runtime.value)
@@ -88,7 +98,8 @@ def index(
                     progress.skipping(path, reason)
 
                 settings = EmbedSettings(batch_size, workers, max_pixels, fast_decode)
-                stats = st.index(loaded, inputs, settings, found=found, on_progress=on_progress, on_skip=on_skip)
+                stats = st.index(loaded, inputs, settings, found=found, on_progress=on_progress, on_skip=on_skip,
+                                  encoder=encoder)
             held = st.count(stats.key)
         seconds = time.perf_counter() - started
         rate = rate_text(stats.encoded, stats.seconds)

@@ -77,3 +77,17 @@ RecursiveOpt = Annotated[bool, typer.Option("--recursive/--no-recursive", rich_h
     help="Descend into sub-folders of folder inputs.")]
 MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", min=1, rich_help_panel=INPUT_PANEL,
     help="Skip images with more pixels than this (decompression-bomb guard), checked before decoding.")]
+
+RAY_PANEL = "Cluster (Ray)"
+RayOpt = Annotated[Optional[str], typer.Option("--ray", metavar="auto|local|ADDRESS", rich_help_panel=RAY_PANEL,
+    show_default=False,
+    help="Run decoding and encoding on a Ray cluster (needs zeroshot[ray]): auto = RAY_ADDRESS (as under "
+         "'ray job submit'), else a cluster 'ray start' started on this machine, else a local Ray; local = a "
+         "fresh local Ray; or the head's host:port. Same rows, order and files as a local run.")]
+RayActorsOpt = Annotated[Optional[int], typer.Option("--ray-actors", min=1, rich_help_panel=RAY_PANEL,
+    help="Encoding actors, each holding the model (default: one per GPU, else one per node).")]
+RayDecodeCpusOpt = Annotated[float, typer.Option("--ray-decode-cpus", min=0.1, rich_help_panel=RAY_PANEL,
+    help="CPUs reserved by each decode task (one batch of images).")]
+RayActorCpusOpt = Annotated[Optional[float], typer.Option("--ray-actor-cpus", min=0.1, rich_help_panel=RAY_PANEL,
+    help="CPUs reserved by each encoding actor (default 1; a CPU actor computes with all of its node's cores, "
+         "decode tasks beside it at low priority).")]

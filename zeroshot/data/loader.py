@@ -86,6 +86,23 @@ class MemoryImages(torch.utils.data.Dataset):
             return index, None, f"{DECODE_ERROR}: {type(err).__name__}: {err}"
 
 
+def image_dataset(inputs: Sequence[Any], pre: Preprocessor, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                  fast_decode: bool = False) -> torch.utils.data.Dataset:
+    """:class:`ImageDataset` for image files (:class:`~zeroshot.data.discover.Source`), else
+    :class:`MemoryImages`."""
+    if all(isinstance(item, Source) for item in inputs):
+        return ImageDataset(inputs, pre, max_pixels, fast_decode)
+    return MemoryImages(list(inputs), pre, max_pixels, fast_decode)
+
+
+def decode_here(inputs: Sequence[Any], pre: Preprocessor, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                fast_decode: bool = False) -> Batch:
+    """One batch decoded in this process (for callers that bring their own processes, e.g. Ray
+    tasks): the same decoding, checks and reason codes as the worker processes."""
+    dataset = image_dataset(inputs, pre, max_pixels, fast_decode)
+    return collate([dataset[i] for i in range(len(inputs))])
+
+
 def collate(items: list[Item]) -> Batch:
     good = [(i, t) for i, t, e in items if e is None]
     errors = [(i, e) for i, _, e in items if e is not None]
@@ -97,7 +114,11 @@ WORKER_NICENESS_ON_CPU = 19
 
 
 def _worker_init(_: int, niceness: int = 0) -> None:
-    """One thread per decode worker; on a CPU run the workers also yield to the model, which
+    prepare_decoder(niceness)
+
+
+def prepare_decoder(niceness: int = 0) -> None:
+    """One thread per decode process; on a CPU run the decoders also yield to the model, which
     needs every core: a decoder at normal priority stalls all of the model's threads (they
     wait for each other at every operation) while it holds one core."""
     torch.set_num_threads(1)

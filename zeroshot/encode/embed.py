@@ -58,6 +58,26 @@ class Embedded:
         return len(self.indices) + len(self.errors)
 
 
+def known_failures(inputs: Sequence[Source] | Sequence[Any]) -> tuple[dict[int, str], list[int]]:
+    """``({index: "code: detail"}, [indices to decode])``: image files that failed already at
+    discovery are reported as they are, never decoded."""
+    files = all(isinstance(item, Source) for item in inputs)
+    known = {i: str(item.error) for i, item in enumerate(inputs) if files and item.error is not None}
+    return known, [i for i in range(len(inputs)) if i not in known]
+
+
+def with_known(errors: list[tuple[int, str]], indices: list[int], pending: list[int],
+               known: dict[int, str]) -> list[tuple[int, str]]:
+    """A batch's errors plus the known failures (``pending``, ascending; taken from it) that come
+    before its last input, sorted: every input is reported at its place in input order."""
+    last = max(indices + [i for i, _ in errors])
+    errors = list(errors)
+    while pending and pending[0] < last:
+        index = pending.pop(0)
+        errors.append((index, known[index]))
+    return sorted(errors)
+
+
 def embed_images(
     loaded: LoadedModel,
     inputs: Sequence[Source] | Sequence[Any],
@@ -86,10 +106,8 @@ def embed_images_many(
         raise ValueError("embed_images_many needs at least one model")
     first = models[0]
     pre = preprocessor or Preprocessor(first.preprocess)
-    files = all(isinstance(item, Source) for item in inputs)
-    known = {i: str(item.error) for i, item in enumerate(inputs) if files and item.error is not None}
-    todo = [i for i in range(len(inputs)) if i not in known]
-    if files:
+    known, todo = known_failures(inputs)
+    if all(isinstance(item, Source) for item in inputs):
         dataset: torch.utils.data.Dataset = ImageDataset([inputs[i] for i in todo], pre, settings.max_pixels,
                                                          settings.fast_decode)
     else:
@@ -104,12 +122,7 @@ def embed_images_many(
                               low_priority=device.type == "cpu")
     for batch in batches:
         indices = [todo[i] for i in batch.indices]
-        errors = [(todo[i], e) for i, e in batch.errors]
-        last = max(indices + [i for i, _ in errors])
-        while pending and pending[0] < last:
-            index = pending.pop(0)
-            errors.append((index, known[index]))
-        errors.sort()
+        errors = with_known([(todo[i], e) for i, e in batch.errors], indices, pending, known)
         outs = [Embedded(indices=list(indices), errors=list(errors)) for _ in models]
         if batch.pixels is not None:
             for loaded, out in zip(models, outs):

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from ..encode.embed import EmbedSettings
     from ..models import LoadedModel
     from .index import IndexProgress, IndexStats, SkipHook
+    from .reuse import Encoder
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x7A735431  # "zsT1": marks the file as a zeroshot store
@@ -533,13 +534,14 @@ class Store:
 
     def index(self, loaded: LoadedModel, inputs: Sequence[str | os.PathLike], settings: EmbedSettings | None = None,
               *, recursive: bool = True, include_hidden: bool = False, found: Discovery | None = None,
-              on_progress: IndexProgress | None = None, on_skip: SkipHook | None = None) -> IndexStats:
+              on_progress: IndexProgress | None = None, on_skip: SkipHook | None = None,
+              encoder: Encoder | None = None) -> IndexStats:
         """Bring the store up to date with the images under ``inputs`` for ``loaded`` (see
         :func:`zeroshot.store.index.index_files`)."""
         from .index import index_files
 
         return index_files(self, loaded, inputs, settings, recursive=recursive, include_hidden=include_hidden,
-                           found=found, on_progress=on_progress, on_skip=on_skip)
+                           found=found, on_progress=on_progress, on_skip=on_skip, encoder=encoder)
 
     # ---------------------------------------------------------------------------- upkeep
 

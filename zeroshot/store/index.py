@@ -27,6 +27,7 @@ from .keys import EmbeddingKey, embedding_key
 if TYPE_CHECKING:
     from ..models import LoadedModel
     from .db import Store
+    from .reuse import Encoder
 
 IndexProgress = Callable[[str, int, int], None]  # (stage: "checking" | "encoding", done, total)
 SkipHook = Callable[[str, str], None]  # (path as given, "code: detail")
@@ -75,12 +76,13 @@ def _gone(path: str) -> bool:
 def index_files(store: Store, loaded: LoadedModel, inputs: Sequence[str | os.PathLike],
                 settings: EmbedSettings | None = None, *, recursive: bool = True, include_hidden: bool = False,
                 found: Discovery | None = None, on_progress: IndexProgress | None = None,
-                on_skip: SkipHook | None = None) -> IndexStats:
+                on_skip: SkipHook | None = None, encoder: Encoder | None = None) -> IndexStats:
     """Index the images under ``inputs`` (files, folders, glob patterns) into ``store`` for
     ``loaded`` with ``settings`` (its ``fast_decode`` is part of the key). ``found`` is the
     discovery of ``inputs`` when the caller already made it. ``on_progress(stage, done, total)``
     reports the content check ("checking") and the encoding ("encoding"); ``on_skip(path,
-    "code: detail")`` every input that could not be used."""
+    "code: detail")`` every input that could not be used. ``encoder`` replaces the local
+    embedding loop (same contract; e.g. :class:`zeroshot.scale.RayEncoder`)."""
     started = time.perf_counter()
     settings = settings or EmbedSettings()
     key = embedding_key(loaded, settings.fast_decode)
@@ -215,7 +217,7 @@ def index_files(store: Store, loaded: LoadedModel, inputs: Sequence[str | os.Pat
     # --- encoding: one transaction per batch
     progress("encoding", 0, len(todo))
     processed = 0
-    for batch in embed_images(loaded, [it.source for it in todo], settings):
+    for batch in (encoder or embed_images)(loaded, [it.source for it in todo], settings):
         rows = []
         if batch.embeddings is not None:
             rows = [(todo[i], vector) for i, vector in zip(batch.indices, batch.embeddings)]

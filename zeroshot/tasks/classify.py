@@ -42,7 +42,7 @@ from ..output.writers import Format, check_writable, choose_format, write_predic
 from ..prompts import TemplateSet, as_template_set, validate_labels
 from ..scoring import class_logits, probabilities, top_k
 from ..store.db import Store
-from ..store.reuse import ReuseStats, as_store, embed_with_store
+from ..store.reuse import Encoder, ReuseStats, as_store, embed_with_store
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,8 @@ class ZeroShotClassifier:
     ``model`` None is ViT-B-32, or the architecture named by the sidecar of a ``pretrained`` file
     written by ``zeroshot finetune``. ``head`` (a :class:`~zeroshot.heads.LinearHead`, e.g. from
     ``read_head``) replaces the text side: its labels and weights, softmax probabilities.
+    ``encoder`` replaces the local embedding loop for image files (same contract; e.g.
+    :class:`zeroshot.scale.RayEncoder`, which encodes on a Ray cluster).
     """
 
     def __init__(
@@ -120,7 +122,9 @@ class ZeroShotClassifier:
         store: Store | str | os.PathLike | bool | None = None,
         head: LinearHead | None = None,
         runtime: str | None = None,
+        encoder: Encoder | None = None,
     ) -> None:
+        self.encoder = encoder
         self.loaded = (model if isinstance(model, LoadedModel)
                        else load_model(model, pretrained, device, precision, runtime))
         self.head = head
@@ -191,7 +195,8 @@ class ZeroShotClassifier:
                  on_batch: Callable[[int], None] | None = None, reuse: ReuseStats | None = None) -> Iterator[Prediction]:
         """Predictions in input order, through the one embedding loop (with the store in front
         of it for image files)."""
-        for batch in embed_with_store(self.loaded, inputs, settings, self.store, self.preprocessor, reuse):
+        for batch in embed_with_store(self.loaded, inputs, settings, self.store, self.preprocessor, reuse,
+                                      encoder=self.encoder):
             by_index = {i: Prediction(names[i], error=message) for i, message in batch.errors}
             if batch.embeddings is not None:
                 preds = self.rank([names[i] for i in batch.indices], batch.embeddings, rank)

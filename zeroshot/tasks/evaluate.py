@@ -227,12 +227,13 @@ def evaluate(
     on_image_progress: ImageProgress | None = None,
     on_skip: SkipHook | None = None,
     store: Store | str | os.PathLike | bool | None = None,
+    encoder: Encoder | None = None,
 ) -> EvalResult:
     """Zero-shot accuracy of ``loaded`` on ``dataset`` for every template set, encoding each
     image once (or reading it from ``store``: an open store, its folder, or True for the
     default one). Unreadable images count as wrong and are listed in ``EvalResult.skipped``."""
     return evaluate_models([loaded], dataset, template_sets, settings, cache, text_batch_size, on_text_progress,
-                           on_image_progress, on_skip, store)[0]
+                           on_image_progress, on_skip, store, encoder)[0]
 
 
 def evaluate_models(
@@ -246,11 +247,13 @@ def evaluate_models(
     on_image_progress: ImageProgress | None = None,
     on_skip: SkipHook | None = None,
     store: Store | str | os.PathLike | bool | None = None,
+    encoder: Encoder | None = None,
 ) -> list[EvalResult]:
     """:func:`evaluate` for several models (one result each, in order). Models with the same
     preprocessing share one decode of every image: each image is decoded once per distinct
     preprocessing, not once per model. ``on_image_progress`` follows the decoding passes, and
-    ``on_skip`` hears of each unreadable image once."""
+    ``on_skip`` hears of each unreadable image once. ``encoder`` replaces the local embedding
+    loop (e.g. :class:`zeroshot.scale.RayEncoder`; then every model is encoded in its own pass)."""
     if not models:
         raise UsageError("give at least one model")
     sets = _unique_sets(template_sets)
@@ -267,19 +270,19 @@ def evaluate_models(
             on_skip(path, reason)
 
     for group in _preprocessing_groups(models):
-        encoder = _shared_encoder([models[i] for i in group], dataset, settings, store, on_image_progress) \
-            if len(group) > 1 else None
+        shared = _shared_encoder([models[i] for i in group], dataset, settings, store, on_image_progress) \
+            if len(group) > 1 and encoder is None else None
         for i in group:
             started = time.perf_counter()
-            shared_seconds = encoder.seconds if encoder and i == group[0] else 0.0  # the decode pass, counted once
+            shared_seconds = shared.seconds if shared and i == group[0] else 0.0  # the decode pass, counted once
             weights = _class_weights(models[i], dataset, sets, text_batch_size, on_text_progress, weight_cache)
             if models[i].needs_check("image"):
                 models[i].check_weights = weights[0]  # the image check also compares top-1 classes
             image_started = time.perf_counter()
             reuse = ReuseStats()
-            progress = on_image_progress if encoder is None else None
+            progress = on_image_progress if shared is None else None
             features, encoded, skipped = encode_dataset(models[i], dataset, settings, progress, skip_once,
-                                                        store=store, stats=reuse, encoder=encoder)
+                                                        store=store, stats=reuse, encoder=shared or encoder)
             image_seconds = time.perf_counter() - image_started + shared_seconds
             results[i] = _result(models[i], dataset, sets, weights, features, encoded, skipped, reuse,
                                  seconds=time.perf_counter() - started, image_seconds=image_seconds)
