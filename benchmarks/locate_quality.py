@@ -141,12 +141,11 @@ def main(argv=None) -> int:
     train = shapes.split_pairs().train
     scenes = [shapes.random_scene(rng, train, n_objects=2, size=args.size) for _ in range(args.scenes)]
     background = () if args.no_background else tuple(args.background or LocateSettings.background)
-    extra = {"threshold": args.threshold} if args.threshold is not None else {}
     results = []
     for method in args.methods.split(","):
         scales = tuple(float(s) for s in (args.scales if method == "crops" else args.dense_scales).split(","))
         settings = LocateSettings(method=method, resolution=args.resolution, patch=args.patch, stride=args.stride,
-                                  scales=scales, background=background, **extra)
+                                  scales=scales, threshold=args.threshold, background=background)
         for together in (True, False):
             log(f"{method}, captions {'together' if together else 'alone'}: {args.scenes} scenes")
             results.append(score_method(loaded, scenes, settings, together))

@@ -418,6 +418,17 @@ def test_refined_box_edges_fall_inside_coarse_cells():
     assert fine.score == 1.0 and 0.3 < fine.region_score < 1.0
 
 
+@pytest.mark.parametrize("method", ["dense", "crops"])
+def test_default_threshold_is_per_method(tiny_loaded, scene, method):
+    from zeroshot.tasks.locate import DEFAULT_THRESHOLDS, LocateSettings, locate
+    from zeroshot.tasks.regions import hottest_box
+
+    [found] = list(locate(tiny_loaded, [str(scene)], LABELS2, settings=LocateSettings(method=method, patch=32)))
+    for heat in found.heatmaps:
+        assert heat.box == hottest_box(heat.grid, DEFAULT_THRESHOLDS[method])
+    assert DEFAULT_THRESHOLDS == {"dense": 0.3, "crops": 0.5}
+
+
 def test_iou():
     from zeroshot.tasks.regions import Box
 

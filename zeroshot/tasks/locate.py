@@ -57,12 +57,15 @@ from ..models import LoadedModel
 from ..output.rows import round_score
 from ..prompts import TemplateSet, as_template_set
 from ..scoring import probabilities
-from .regions import DEFAULT_THRESHOLD, Box, ScoreGrid, even_edges, hottest_box, resample
+from .regions import Box, ScoreGrid, even_edges, hottest_box, resample
 
 METHODS = ("auto", "dense", "crops")
 MAX_ASPECT = 4  # dense: a longer side beyond this many times the shorter one is squeezed
 CROP_CHUNK = 256  # crops cut and encoded at a time (bounds memory for large images)
 DEFAULT_BACKGROUND = ("a photo of a background.",)
+# The box threshold per method when none is given: the dense maps are sharp, the crops' maps are
+# averages over overlapping crops, so blurrier (chosen on the shapes benchmark's tuning scenes).
+DEFAULT_THRESHOLDS = {"dense": 0.3, "crops": 0.5}
 
 ProgressHook = Callable[[int, int], None]  # (done, total) images
 SkipHook = Callable[[str, str], None]  # (path, "code: detail")
@@ -76,7 +79,7 @@ class LocateSettings:
     original image (default a third of the shorter side, and half the patch); ``scales`` repeats
     the crops at these factors of ``patch`` and ``stride`` (crops), or the dense pass at these
     factors of ``resolution`` (dense). ``threshold``: see
-    :func:`~zeroshot.tasks.regions.hottest_box`. ``background``: prompts that compete with the
+    :func:`~zeroshot.tasks.regions.hottest_box` (default per method, ``DEFAULT_THRESHOLDS``). ``background``: prompts that compete with the
     labels and are not reported (see the module docstring)."""
 
     method: str = "auto"
@@ -84,7 +87,7 @@ class LocateSettings:
     patch: int | None = None
     stride: int | None = None
     scales: tuple[float, ...] = (1.0,)
-    threshold: float = DEFAULT_THRESHOLD
+    threshold: float | None = None
     batch_size: int | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     background: tuple[str, ...] = DEFAULT_BACKGROUND
@@ -100,7 +103,7 @@ class LocateSettings:
             raise UsageError(f"--scales {','.join(map(str, self.scales))}: give positive factors, e.g. 1,0.5")
         if any(not text.strip() for text in self.background):
             raise UsageError("--background: an empty text cannot compete; give a prompt or use --no-background")
-        if not 0 <= self.threshold <= 1:
+        if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise UsageError(f"--threshold {self.threshold} must be between 0 and 1")
 
 
@@ -324,7 +327,8 @@ def heatmaps_for(loaded: LoadedModel, image: Image.Image, labels: Sequence[str],
     holds the labels' class weights, then the backgrounds' (``settings.background``)."""
     compute = dense_grids if method == "dense" else crops_grids
     grids, kind = compute(loaded, to_rgb(image), weights, settings, len(labels))
-    return [Heatmap(label, method, kind, grid, hottest_box(grid, settings.threshold))
+    threshold = DEFAULT_THRESHOLDS[method] if settings.threshold is None else settings.threshold
+    return [Heatmap(label, method, kind, grid, hottest_box(grid, threshold))
             for label, grid in zip(labels, grids)]
 
 
