@@ -426,7 +426,7 @@ def test_default_threshold_is_per_method(tiny_loaded, scene, method):
     [found] = list(locate(tiny_loaded, [str(scene)], LABELS2, settings=LocateSettings(method=method, patch=32)))
     for heat in found.heatmaps:
         assert heat.box == hottest_box(heat.grid, DEFAULT_THRESHOLDS[method])
-    assert DEFAULT_THRESHOLDS == {"dense": 0.3, "crops": 0.5}
+    assert DEFAULT_THRESHOLDS == {"dense": 0.3, "crops": 0.7}
 
 
 def test_iou():

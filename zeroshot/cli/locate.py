@@ -93,7 +93,7 @@ def locate(
     threshold: Annotated[Optional[float], typer.Option("--threshold", min=0.0, max=1.0, rich_help_panel=METHOD_PANEL,
         help="Box: the map refined 4x per cell side (bilinear), then the points scoring at least base + "
              "T*(max - base), base = the map's median (the background's level), connected to the hottest one; "
-             "default 0.3 for dense, 0.5 for crops.")] = None,
+             "default 0.3 for dense, 0.7 for crops.")] = None,
     background: Annotated[Optional[list[str]], typer.Option("--background", rich_help_panel=PROMPT_PANEL,
         help="A background prompt that competes with the labels for every pixel and is not reported "
              "(repeatable); default: 'a photo of a background.'. Keeps empty regions from going to a label.")

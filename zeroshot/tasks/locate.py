@@ -65,7 +65,7 @@ CROP_CHUNK = 256  # crops cut and encoded at a time (bounds memory for large ima
 DEFAULT_BACKGROUND = ("a photo of a background.",)
 # The box threshold per method when none is given: the dense maps are sharp, the crops' maps are
 # averages over overlapping crops, so blurrier (chosen on the shapes benchmark's tuning scenes).
-DEFAULT_THRESHOLDS = {"dense": 0.3, "crops": 0.5}
+DEFAULT_THRESHOLDS = {"dense": 0.3, "crops": 0.7}
 
 ProgressHook = Callable[[int, int], None]  # (done, total) images
 SkipHook = Callable[[str, str], None]  # (path, "code: detail")

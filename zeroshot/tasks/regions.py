@@ -15,7 +15,7 @@ covers less than half of the image, so the median is the background's level, and
 what stands out above it (with the minimum as the base, a background only slightly cooler than
 the object joins the region). On the shapes benchmark's tuning scenes the refinement turns
 boxes that hit a 12x12 grid's cell edges into ones closer to the object's outline (IoU >= 0.5 on
-64% -> 70% of objects at threshold 0.3, see ``benchmarks/locate_quality.py``).
+61% -> 70% of objects at threshold 0.3, 100 scenes; see ``benchmarks/locate_quality.py``).
 """
 
 from __future__ import annotations
