@@ -1,5 +1,6 @@
-"""zeroshot locate: crops and dense (ClearCLIP) heatmaps against references written here, boxes on
-synthetic grids, label competition against the direct formula, the CLI's files and rows."""
+"""zeroshot locate: crops and dense (k-k attention, stripped last block) heatmaps against references
+written here, background prompts competing, boxes on synthetic grids, label competition against the
+direct formula, the CLI's files and rows."""
 
 from __future__ import annotations
 
@@ -43,11 +44,12 @@ def text_embedding(loaded, texts):
 # --------------------------------------------------------------------------------- crops
 
 
-def direct_crops_map(loaded, image, texts, patch, stride, scales=(1.0,)):
+def direct_crops_map(loaded, image, texts, patch, stride, scales=(1.0,), background=()):
     """The pixel map computed the plain way: every crop cut with PIL, open_clip's own preprocess
-    and encode_image, cosine (one text) or per-crop softmax (several), averaged per pixel."""
+    and encode_image, cosine (one text, no background) or per-crop softmax over texts and
+    background prompts (the texts' part kept), averaged per pixel."""
     width, height = image.size
-    text = text_embedding(loaded, texts)
+    text = text_embedding(loaded, list(texts) + list(background))
     total = np.zeros((len(texts), height, width))
     count = np.zeros((height, width))
 
@@ -64,25 +66,32 @@ def direct_crops_map(loaded, image, texts, patch, stride, scales=(1.0,)):
                 with torch.no_grad():
                     emb = F.normalize(loaded.model.encode_image(pixels).float(), dim=-1)
                 cos = (emb @ text.T)[0]
-                if len(texts) > 1:
+                if len(texts) + len(background) > 1:
                     cos = torch.exp(loaded.model.logit_scale.exp() * cos)
                     cos = cos / cos.sum()
-                total[:, y:y + h, x:x + w] += cos.numpy()[:, None, None]
+                total[:, y:y + h, x:x + w] += cos[:len(texts)].numpy()[:, None, None]
                 count[y:y + h, x:x + w] += 1
     return total / count
 
 
-@pytest.mark.parametrize("texts,scales", [(["a red square"], (1.0,)), (LABELS2, (1.0,)), (["a red square"], (1.0, 0.5))])
-def test_crops_grid_equals_direct_computation(tiny_loaded, scene, texts, scales):
+BG1 = ("a photo of a background.",)
+
+
+@pytest.mark.parametrize("texts,scales,background", [
+    (["a red square"], (1.0,), ()), (LABELS2, (1.0,), ()), (["a red square"], (1.0, 0.5), ()),
+    (["a red square"], (1.0,), BG1), (LABELS2, (1.0, 0.5), ("a wall", "the floor")),
+])
+def test_crops_grid_equals_direct_computation(tiny_loaded, scene, texts, scales, background):
     from zeroshot.tasks.locate import LocateSettings, locate
 
     image = Image.open(scene).convert("RGB")
-    settings = LocateSettings(method="crops", patch=40, stride=20, scales=scales, batch_size=7)
+    settings = LocateSettings(method="crops", patch=40, stride=20, scales=scales, batch_size=7, background=background)
     [found] = list(locate(tiny_loaded, [str(scene)], texts, settings=settings))
-    expected = direct_crops_map(tiny_loaded, image, texts, 40, 20, scales)
+    expected = direct_crops_map(tiny_loaded, image, texts, 40, 20, scales, background)
+    assert len(found.heatmaps) == len(texts)
     for heat, want in zip(found.heatmaps, expected):
         assert heat.method == "crops"
-        assert heat.kind == ("cosine" if len(texts) == 1 else "softmax")
+        assert heat.kind == ("cosine" if len(texts) + len(background) == 1 else "softmax")
         np.testing.assert_allclose(heat.grid.pixels(), want, atol=1e-5)
 
 
@@ -101,10 +110,10 @@ def test_crop_boxes_cover_the_image():
 # --------------------------------------------------------------------------------- dense
 
 
-def reference_clearclip(model, pixels, pos):
-    """A plain forward through open_clip's VisionTransformer with ClearCLIP's last block:
+def reference_dense(model, pixels, pos):
+    """A plain forward through open_clip's VisionTransformer with the changed last block:
     patch embedding, position embeddings ``pos``, the unchanged blocks, then per head
-    softmax(q q^T / sqrt(d)) v, out_proj, no residual, no MLP; ln_post, proj, normalise."""
+    softmax(k k^T / sqrt(d)) v, out_proj, no residual, no MLP; ln_post, proj, normalise."""
     visual = model.visual
     with torch.no_grad():
         x = visual.conv1(pixels)
@@ -117,14 +126,14 @@ def reference_clearclip(model, pixels, pos):
         last = visual.transformer.resblocks[-1]
         y = last.ln_1(x)
         w, bias = last.attn.in_proj_weight, last.attn.in_proj_bias
-        q = y @ w[:c].T + bias[:c]
+        k = y @ w[c:2 * c].T + bias[c:2 * c]
         v = y @ w[2 * c:].T + bias[2 * c:]
         heads = last.attn.num_heads
         d = c // heads
         outs = []
         for h in range(heads):
-            qh, vh = q[..., h * d:(h + 1) * d], v[..., h * d:(h + 1) * d]
-            attn = torch.softmax(qh @ qh.transpose(1, 2) / d ** 0.5, dim=-1)
+            kh, vh = k[..., h * d:(h + 1) * d], v[..., h * d:(h + 1) * d]
+            attn = torch.softmax(kh @ kh.transpose(1, 2) / d ** 0.5, dim=-1)
             outs.append(attn @ vh)
         out = last.attn.out_proj(torch.cat(outs, dim=-1))
         out = visual.ln_post(out[:, 1:]) @ visual.proj
@@ -137,7 +146,7 @@ def test_dense_equals_reference_at_native_resolution(tiny_loaded):
     torch.manual_seed(0)
     pixels = torch.randn(2, 3, 32, 32)
     got = dense_features(tiny_loaded, pixels)
-    want = reference_clearclip(tiny_loaded.model, pixels, tiny_loaded.model.visual.positional_embedding)
+    want = reference_dense(tiny_loaded.model, pixels, tiny_loaded.model.visual.positional_embedding)
     assert got.shape == (2, 4, 4, 32)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
@@ -154,7 +163,7 @@ def test_dense_equals_reference_at_a_larger_resolution(tiny_loaded):
     pos = torch.cat([native[:1], patches.permute(0, 2, 3, 1).reshape(54, -1)])
     got = dense_features(tiny_loaded, pixels)
     assert got.shape == (1, 6, 9, 32)
-    torch.testing.assert_close(got, reference_clearclip(tiny_loaded.model, pixels, pos), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, reference_dense(tiny_loaded.model, pixels, pos), atol=1e-5, rtol=1e-5)
     assert torch.allclose(got.norm(dim=-1), torch.ones(1, 6, 9), atol=1e-5)
 
 
@@ -176,25 +185,56 @@ def test_interpolated_positions(tiny_loaded):
     assert grid == (4, 4)
 
 
-def test_dense_locate_grid_matches_reference_scores(tiny_loaded, scene):
-    """locate's dense grids: the reference's patch embeddings, softmax over the labels."""
-    from zeroshot.tasks.locate import LocateSettings, dense_pixels, locate
+def reference_dense_probs(loaded, image, resolution, texts):
+    """Softmax over ``texts`` of the reference patch embeddings at ``resolution`` (the scene is
+    96x64: the input is resolution x 1.5 resolution, a grid of 8-pixel patches), ``[texts, gh, gw]``."""
+    from zeroshot.tasks.locate import dense_pixels
+
+    pixels = dense_pixels(loaded, image, resolution)
+    gh, gw = resolution // 8, resolution * 3 // 16
+    assert pixels.shape == (1, 3, resolution, resolution * 3 // 2)  # shorter side, aspect kept
+    visual = loaded.model.visual
+    patches = visual.positional_embedding[1:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
+    patches = F.interpolate(patches, size=(gh, gw), mode="bicubic", align_corners=False)
+    pos = torch.cat([visual.positional_embedding[:1], patches.permute(0, 2, 3, 1).reshape(gh * gw, -1)])
+    feats = reference_dense(loaded.model, pixels, pos)[0]
+    logits = loaded.model.logit_scale.exp() * feats @ text_embedding(loaded, texts).T
+    return torch.softmax(logits, dim=-1).permute(2, 0, 1)
+
+
+@pytest.mark.parametrize("background", [(), BG1])
+def test_dense_locate_grid_matches_reference_scores(tiny_loaded, scene, background):
+    """locate's dense grids: the reference's patch embeddings, softmax over the labels and the
+    background prompts, the backgrounds' maps dropped."""
+    from zeroshot.tasks.locate import LocateSettings, locate
 
     image = Image.open(scene).convert("RGB")
-    [found] = list(locate(tiny_loaded, [image], LABELS2, settings=LocateSettings(method="dense", resolution=64)))
-    pixels = dense_pixels(tiny_loaded, image, 64)
-    assert pixels.shape == (1, 3, 64, 96)  # shorter side 64, aspect kept, multiples of the patch
-    visual = tiny_loaded.model.visual
-    patches = visual.positional_embedding[1:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
-    patches = F.interpolate(patches, size=(8, 12), mode="bicubic", align_corners=False)
-    pos = torch.cat([visual.positional_embedding[:1], patches.permute(0, 2, 3, 1).reshape(96, -1)])
-    feats = reference_clearclip(tiny_loaded.model, pixels, pos)[0]
-    logits = tiny_loaded.model.logit_scale.exp() * feats @ text_embedding(tiny_loaded, LABELS2).T
-    want = torch.softmax(logits, dim=-1).permute(2, 0, 1).numpy()
+    settings = LocateSettings(method="dense", resolution=64, background=background)
+    [found] = list(locate(tiny_loaded, [image], LABELS2, settings=settings))
+    want = reference_dense_probs(tiny_loaded, image, 64, LABELS2 + list(background)).numpy()
+    assert len(found.heatmaps) == 2
     for heat, expected in zip(found.heatmaps, want):
         assert heat.method == "dense" and heat.kind == "softmax"
         np.testing.assert_allclose(heat.grid.values, expected, atol=1e-5)
         assert list(heat.grid.x_edges) == list(range(0, 97, 8)) and list(heat.grid.y_edges) == list(range(0, 65, 8))
+    total = sum(h.grid.values for h in found.heatmaps)
+    assert np.allclose(total, 1, atol=1e-5) == (not background)  # a background takes its share
+
+
+def test_dense_scales_average_on_the_finest_grid(tiny_loaded, scene):
+    """Two scales: the coarse pass's map resized bilinearly (torch's, cell centres aligned) onto
+    the fine grid, then the mean of both."""
+    from zeroshot.tasks.locate import LocateSettings, locate
+
+    image = Image.open(scene).convert("RGB")
+    settings = LocateSettings(method="dense", resolution=64, scales=(1.0, 0.5), background=BG1)
+    [found] = list(locate(tiny_loaded, [image], ["a red square"], settings=settings))
+    fine = reference_dense_probs(tiny_loaded, image, 64, ["a red square", *BG1])[:1]
+    coarse = reference_dense_probs(tiny_loaded, image, 32, ["a red square", *BG1])[:1]
+    coarse = F.interpolate(coarse[None], size=fine.shape[1:], mode="bilinear", align_corners=False)[0]
+    [heat] = found.heatmaps
+    assert heat.kind == "softmax" and heat.grid.values.shape == (8, 12)
+    np.testing.assert_allclose(heat.grid.values, ((fine + coarse) / 2)[0].numpy(), atol=1e-5)
 
 
 def tiny_resnet_loaded(tiny_loaded):
@@ -244,6 +284,13 @@ def test_softmax_competition_against_the_direct_formula(tiny_loaded):
     np.testing.assert_allclose(scores.sum(dim=1).numpy(), 1.0, atol=1e-6)
     single, kind = label_scores(cos[:, :1], tiny_loaded)
     assert kind == "cosine" and torch.equal(single, cos[:, :1])
+    # the last column a background: it competes, then is dropped
+    with_bg, kind = label_scores(cos, tiny_loaded, labels=2)
+    assert kind == "softmax" and with_bg.shape == (50, 2)
+    np.testing.assert_allclose(with_bg.numpy(), direct[:, :2], atol=1e-6)
+    alone, kind = label_scores(cos[:, [0, 2]], tiny_loaded, labels=1)
+    np.testing.assert_allclose(alone.numpy()[:, 0], 1 / (1 + np.exp(scale * (cos[:, 2] - cos[:, 0]).numpy())), atol=1e-6)
+    assert kind == "softmax"
 
 
 def test_sigmoid_models_score_labels_independently(tiny_sigmoid_ckpt):
@@ -256,6 +303,8 @@ def test_sigmoid_models_score_labels_independently(tiny_sigmoid_ckpt):
     scale, bias = float(loaded.model.logit_scale.exp()), float(loaded.model.logit_bias)
     assert kind == "sigmoid"
     np.testing.assert_allclose(scores.numpy(), 1 / (1 + np.exp(-(scale * cos.numpy() + bias))), atol=1e-6)
+    first, _ = label_scores(cos, loaded, labels=1)  # a background column changes nothing for sigmoids
+    np.testing.assert_allclose(first.numpy(), scores.numpy()[:, :1], atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------- boxes
@@ -278,12 +327,12 @@ def test_box_around_the_hottest_connected_region():
     values[1:3, 1:4] = 0.8  # a warm blob
     values[2, 2] = 1.0  # the peak, inside it
     values[4:6, 6:8] = 0.9  # another hot blob, not connected to the peak
-    box = hottest_box(grid_of(values), threshold=0.5)
+    box = hottest_box(grid_of(values), threshold=0.5, refine=1)
     assert (box.x0, box.y0, box.x1, box.y1) == (10, 10, 40, 30)
     assert box.score == 1.0
     assert box.region_score == pytest.approx((5 * 0.8 + 1.0) / 6)
     # a stricter threshold keeps only the peak
-    tight = hottest_box(grid_of(values), threshold=0.95)
+    tight = hottest_box(grid_of(values), threshold=0.95, refine=1)
     assert (tight.x0, tight.y0, tight.x1, tight.y1) == (20, 20, 30, 30)
 
 
@@ -291,7 +340,7 @@ def test_box_maps_uneven_cells_to_original_pixels():
     from zeroshot.tasks.regions import hottest_box
 
     values = [[0, 0, 0], [0, 5, 4], [0, 0, 0]]
-    box = hottest_box(grid_of(values, x_edges=[0, 7, 30, 31], y_edges=[0, 3, 9, 64]))
+    box = hottest_box(grid_of(values, x_edges=[0, 7, 30, 31], y_edges=[0, 3, 9, 64]), refine=1)
     assert (box.x0, box.y0, box.x1, box.y1) == (7, 3, 31, 9)
 
 
@@ -302,9 +351,9 @@ def test_the_base_is_the_median_background_level():
     values = np.full((6, 6), 0.4)
     values[0:2, 3:5] = [[0.7, 0.8], [0.75, 0.7]]
     values[4:6, 0:2] = -0.1
-    box = hottest_box(grid_of(values), threshold=0.5)  # base 0.4: cells >= 0.6
+    box = hottest_box(grid_of(values), threshold=0.5, refine=1)  # base 0.4: cells >= 0.6
     assert (box.x0, box.y0, box.x1, box.y1) == (30, 0, 50, 20)
-    whole = hottest_box(grid_of(values), threshold=0.5, baseline="min")  # base -0.1: cells >= 0.35
+    whole = hottest_box(grid_of(values), threshold=0.5, baseline="min", refine=1)  # base -0.1: cells >= 0.35
     assert (whole.x0, whole.y0, whole.x1, whole.y1) == (0, 0, 60, 60)
 
 
@@ -313,7 +362,7 @@ def test_flat_grid_gives_the_whole_image_and_diagonals_do_not_connect():
 
     flat = hottest_box(grid_of(np.full((3, 4), 0.25)))
     assert (flat.x0, flat.y0, flat.x1, flat.y1) == (0, 0, 40, 30) and flat.score == 0.25
-    diagonal = hottest_box(grid_of(np.eye(3)))  # 4-connectivity: the first peak alone
+    diagonal = hottest_box(grid_of(np.eye(3)), refine=1)  # 4-connectivity: the first peak alone
     assert (diagonal.x0, diagonal.y0, diagonal.x1, diagonal.y1) == (0, 0, 10, 10)
 
 
@@ -323,7 +372,7 @@ def test_box_property_contains_the_peak_and_only_hot_cells(cells, threshold):
     from zeroshot.tasks.regions import connected_region, hottest_box
 
     values = np.array(cells, dtype=np.float32).reshape(3, 4)
-    box = hottest_box(grid_of(values), threshold)
+    box = hottest_box(grid_of(values), threshold, refine=1)
     r, c = np.unravel_index(np.argmax(values), values.shape)
     assert box.x0 <= c * 10 < box.x1 and box.y0 <= r * 10 < box.y1
     assert box.score == pytest.approx(values.max())
@@ -333,6 +382,51 @@ def test_box_property_contains_the_peak_and_only_hot_cells(cells, threshold):
     mask[r, c] = True
     region = connected_region(mask, (int(r), int(c)))
     assert mask[region].all() and box.region_score == pytest.approx(values[region].mean(), rel=1e-6)
+
+
+def test_refined_grid_is_bilinear_between_cell_centres():
+    """On even cells the refinement equals torch's bilinear resize (align_corners=False: centres
+    aligned, edges clamped); on uneven cells it interpolates between the true cell centres."""
+    from zeroshot.tasks.regions import refined, resample
+
+    rng = np.random.default_rng(0)
+    values = rng.random((3, 5)).astype(np.float32)
+    fine = refined(grid_of(values), 5)  # 30 x 50 pixels -> 15 x 25 sub-cells of 2 pixels
+    want = F.interpolate(torch.from_numpy(values)[None, None], size=(15, 25), mode="bilinear", align_corners=False)
+    np.testing.assert_allclose(fine.values, want[0, 0].numpy(), atol=1e-6)
+    assert list(fine.x_edges) == list(range(0, 51, 2)) and list(fine.y_edges) == list(range(0, 31, 2))
+    assert refined(grid_of(values), 100).values.shape == (30, 50)  # at most one sub-cell per pixel
+    uneven = grid_of([[0.0, 1.0, 3.0]], x_edges=[0, 10, 30, 40], y_edges=[0, 10])  # centres 5, 20, 35
+    at = resample(uneven, np.array([0, 10, 20, 30, 40]), np.array([0, 10]))  # sub-cell centres 5, 15, 25, 35
+    np.testing.assert_allclose(at.values, [[0.0, 2 / 3, 1 + 2 * (5 / 15), 3.0]], atol=1e-6)
+
+
+def test_refined_box_edges_fall_inside_coarse_cells():
+    """A 1-cell hot spot next to a warm cell: on the cells the box is the hot cell; refined, it
+    leans towards the warm neighbour by the interpolated amount."""
+    from zeroshot.tasks.regions import hottest_box
+
+    values = np.zeros((5, 5))
+    values[2, 2], values[2, 3] = 1.0, 0.6
+    coarse = hottest_box(grid_of(values), 0.3, baseline="min", refine=1)
+    assert (coarse.x0, coarse.y0, coarse.x1, coarse.y1) == (20, 20, 40, 30)
+    fine = hottest_box(grid_of(values), 0.3, baseline="min", refine=5)
+    # sub-cells of 2 px (centres 1, 3, ...). Through the peak's row: x rises from 0 at the centre
+    # 15 to 1 at 25 (>= 0.3 from x = 18) and falls to 0.6 at 35 and 0 at 45 (>= 0.3 up to x = 40);
+    # through its column: >= 0.3 for 18 <= y <= 32.
+    assert (fine.x0, fine.y0, fine.x1, fine.y1) == (18, 18, 40, 32)
+    assert fine.score == 1.0 and 0.3 < fine.region_score < 1.0
+
+
+@pytest.mark.parametrize("method", ["dense", "crops"])
+def test_default_threshold_is_per_method(tiny_loaded, scene, method):
+    from zeroshot.tasks.locate import DEFAULT_THRESHOLDS, LocateSettings, locate
+    from zeroshot.tasks.regions import hottest_box
+
+    [found] = list(locate(tiny_loaded, [str(scene)], LABELS2, settings=LocateSettings(method=method, patch=32)))
+    for heat in found.heatmaps:
+        assert heat.box == hottest_box(heat.grid, DEFAULT_THRESHOLDS[method])
+    assert DEFAULT_THRESHOLDS == {"dense": 0.3, "crops": 0.7}
 
 
 def test_iou():
@@ -353,14 +447,15 @@ def png_ok(path, size):
     assert np.asarray(img.convert("L"), dtype=np.float32).var() > 10  # not blank
 
 
-@pytest.mark.parametrize("method", ["dense", "crops"])
-def test_cli_writes_pictures_grids_and_rows(tiny_ckpt, scene, tmp_path, method):
+@pytest.mark.parametrize("method,background", [("dense", []), ("crops", []), ("dense", ["--no-background"]),
+                                               ("crops", ["--background", "a wall", "--background", "a floor"])])
+def test_cli_writes_pictures_grids_and_rows(tiny_ckpt, scene, tmp_path, method, background):
     from zeroshot.output.plots import heatmap_png_size
 
     out = tmp_path / "maps"
     rows_file = tmp_path / "rows.json"
     result = cli_strict("locate", scene, "-l", "a cat", "-l", "a remote control", "--method", method,
-                        "--patch", "32", "--out", out, "-o", rows_file, *tiny_cli_args(tiny_ckpt))
+                        "--patch", "32", *background, "--out", out, "-o", rows_file, *tiny_cli_args(tiny_ckpt))
     assert result.exit_code == 0, result.output
     rows = json.loads(rows_file.read_text())
     assert [r["label"] for r in rows] == ["a cat", "a remote control"]
@@ -371,8 +466,11 @@ def test_cli_writes_pictures_grids_and_rows(tiny_ckpt, scene, tmp_path, method):
         png_ok(row["heatmap"], heatmap_png_size((96, 64)))
         grid = np.load(row["grid"])
         assert grid.ndim == 2 and np.isfinite(grid).all()
-    grids = [np.load(r["grid"]) for r in rows]
-    np.testing.assert_allclose(grids[0] + grids[1], 1.0, atol=1e-5)  # two labels split every cell
+    total = sum(np.load(r["grid"]) for r in rows)
+    if background == ["--no-background"]:
+        np.testing.assert_allclose(total, 1.0, atol=1e-5)  # two labels split every cell
+    else:
+        assert (total < 1 - 1e-6).all()  # the background prompts take a share of every cell
 
 
 def test_cli_single_label_csv_to_stdout_and_skips_bad_images(tiny_ckpt, scene, tmp_path):
@@ -420,6 +518,8 @@ def test_cli_says_how_to_install_matplotlib(monkeypatch, tiny_ckpt, scene, tmp_p
     (["--scales", "1,x"], "--scales"),
     (["--scales", "1,-0.5"], "positive factors"),
     (["--method", "dense", "--resolution", "8"], "--resolution"),
+    (["--background", "a wall", "--no-background"], "contradict"),
+    (["--background", " "], "--background"),
     ([], "no labels given"),
 ])
 def test_cli_refuses_bad_options(tiny_ckpt, scene, tmp_path, args, message):

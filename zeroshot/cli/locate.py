@@ -54,6 +54,12 @@ def parse_scales(text: str) -> tuple[float, ...]:
     return scales
 
 
+def locate_background(texts: Optional[list[str]], none: bool) -> tuple[str, ...]:
+    from ..tasks.locate import DEFAULT_BACKGROUND
+
+    return () if none else tuple(texts) if texts else DEFAULT_BACKGROUND
+
+
 def locate(
     images: Annotated[list[str], typer.Argument(metavar="IMAGE...", show_default=False,
         help="Image files, folders or glob patterns (- reads paths from stdin).")],
@@ -70,7 +76,8 @@ def locate(
     no_plot: Annotated[bool, typer.Option("--no-plot", rich_help_panel=OUTPUT_PANEL,
         help="Write only the .npy grids and the rows, no pictures (no matplotlib needed).")] = False,
     method: Annotated[Method, typer.Option("--method", rich_help_panel=METHOD_PANEL,
-        help="dense: one forward pass per image through a ClearCLIP-modified last block (open_clip ViTs). "
+        help="dense: one forward pass per image through a changed last block (k-k attention, no residual, no "
+             "MLP; open_clip ViTs). "
              "crops: encode overlapping crops (any model; one forward pass per crop). auto: dense where it "
              "applies, else crops.")] = Method.auto,
     resolution: Annotated[Optional[int], typer.Option("--resolution", min=16, rich_help_panel=METHOD_PANEL,
@@ -81,10 +88,19 @@ def locate(
     stride: Annotated[Optional[int], typer.Option("--stride", min=1, rich_help_panel=METHOD_PANEL,
         help="crops: step between crops in pixels; default half of --patch.")] = None,
     scales: Annotated[str, typer.Option("--scales", rich_help_panel=METHOD_PANEL,
-        help="crops: factors of --patch/--stride to repeat the crops at, e.g. 1,0.5.")] = "1",
-    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, rich_help_panel=METHOD_PANEL,
-        help="Box: cells scoring at least base + T*(max - base), base = the map's median (the background's "
-             "level), connected to the hottest cell.")] = 0.5,
+        help="Factors to repeat the work at and average: crops: of --patch/--stride, e.g. 1,0.5; dense: of "
+             "--resolution, e.g. 0.67,1,1.33 (one forward pass each).")] = "1",
+    threshold: Annotated[Optional[float], typer.Option("--threshold", min=0.0, max=1.0, rich_help_panel=METHOD_PANEL,
+        help="Box: the map refined 4x per cell side (bilinear), then the points scoring at least base + "
+             "T*(max - base), base = the map's median (the background's level), connected to the hottest one; "
+             "default 0.3 for dense, 0.7 for crops.")] = None,
+    background: Annotated[Optional[list[str]], typer.Option("--background", rich_help_panel=PROMPT_PANEL,
+        help="A background prompt that competes with the labels for every pixel and is not reported "
+             "(repeatable); default: 'a photo of a background.'. Keeps empty regions from going to a label.")
+        ] = None,
+    no_background: Annotated[bool, typer.Option("--no-background", rich_help_panel=PROMPT_PANEL,
+        help="No background prompt: the labels alone split every pixel (one label alone: the cosine map).")
+        ] = False,
     output_format: Annotated[OutputFormat, typer.Option("--format", "-f", rich_help_panel=OUTPUT_PANEL,
         help="Rows (one per image and label): auto = from --output's extension, else a table on a terminal and "
              "CSV when piped.")] = OutputFormat.auto,
@@ -120,8 +136,10 @@ def locate(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SingleLabelWarning)  # one label: the map is a cosine, fine
             label_list = list(resolve_labels(labels, label))
+        if no_background and background:
+            raise UsageError("--background and --no-background contradict each other; give one")
         settings = LocateSettings(method.value, resolution, patch, stride, parse_scales(scales), threshold,
-                                  batch_size, max_pixels)
+                                  batch_size, max_pixels, locate_background(background, no_background))
         template_set = resolve_templates(templates)
         fmt = choose_format(output_format.value, output, sys.stdout.isatty())
         require_parent("--output", output)
