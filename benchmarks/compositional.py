@@ -189,7 +189,7 @@ def parse(argv=None):
     p.add_argument("--train-size", type=int, default=8000)
     p.add_argument("--val-trained", type=int, default=10, help="validation images per trained pair")
     p.add_argument("--val-pairs", type=int, default=30, help="validation images per val pair")
-    p.add_argument("--epochs", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--wd", type=float, default=0.1)
