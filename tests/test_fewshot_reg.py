@@ -66,12 +66,17 @@ def test_right_zero_shot_and_noisy_shots_choose_a_strong_pull():
     assert (w - w_zs).norm() < 0.5 * (weak - w_zs).norm()  # the head stays by the right zero-shot weights
 
 
-def test_choice_is_the_best_cross_validated_strength():
+def test_choice_is_the_one_standard_error_rule():
     x, y, w_zs = clusters(4, 0.3, zero_shot_right=False, classes=3, seed=2)
     reg, grid = choose_reg(x, y, w_zs, LOG_100, grid=(1e-3, 0.03, 1.0, 1000.0))
     scores = {r: cross_validate(x, y, w_zs, LOG_100, r) for r in (1e-3, 0.03, 1.0, 1000.0)}
     assert grid == {f"{r:g}": list(s) for r, s in scores.items()}
-    assert scores[reg][0] == max(s[0] for s in scores.values())
+    # The one-standard-error rule, written out: the strongest pull within one SE of the lowest loss.
+    lowest = min(scores, key=lambda r: scores[r][1])
+    assert reg == max(r for r in scores if scores[r][1] <= scores[lowest][1] + scores[lowest][2])
+    # Each score is over every image held out once: top-1, mean and standard error of the cross-entropy.
+    top1_, mean, se = scores[reg]
+    assert 0 <= top1_ <= 1 and mean > 0 and se > 0
 
 
 def test_auto_never_looks_at_the_scored_images(monkeypatch):
@@ -113,7 +118,7 @@ def test_cli_auto_reg_is_recorded(tiny_ckpt, tmp_path, monkeypatch):
                         "-j", "0", "--no-cache", "-q")
     assert result.exit_code == 0, result.output
     reg = json.loads((tmp_path / "head.safetensors.json").read_text())["regularisation"]
-    assert reg["reg"] in SMALL_GRID and set(reg["chosen"]["grid [top-1, cross-entropy]"]) == {f"{r:g}" for r in SMALL_GRID}
+    assert reg["reg"] in SMALL_GRID and set(reg["chosen"]["grid [top-1, cross-entropy, standard error]"]) == {f"{r:g}" for r in SMALL_GRID}
     results = tmp_path / "r.json"
     result = cli_strict("eval", "folder", root, "--shots", "1,2", "-t", "photo", "-m", "zs-tiny", "-p", tiny_ckpt,
                         "-d", "cpu", "-j", "0", "--no-cache", "-o", results, "-q")

@@ -15,10 +15,12 @@ zero-shot classifier exactly; ``reg`` = 0 is plain logistic regression started f
 ``reg="auto"`` (the default) chooses the strength on the head's own training images, never on
 anything scored: 4-fold cross-validation (image j of class c in fold (j + c) mod 4, so with one
 image per class a fold holds a quarter of the classes' only images; fits of at most
-:data:`CV_ITERATIONS` L-BFGS iterations) over :data:`REG_GRID`; the
-highest held-out top-1 wins, ties go to the lower held-out cross-entropy, then to the stronger
-pull. With one shot per class the held-out class has no training image in its fold, so the
-choice favours staying near zero-shot, which is what one image per class can support.
+:data:`CV_ITERATIONS` L-BFGS iterations) over :data:`REG_GRID`, and
+the one-standard-error rule on the held-out cross-entropy: the strongest pull whose mean
+held-out cross-entropy is within one standard error of the lowest (a few images cannot tell
+near-equal strengths apart, so the choice stays as close to zero-shot as the evidence allows).
+With one shot per class the held-out class has no training image in its fold, so the choice
+favours staying near zero-shot, which is what one image per class can support.
 """
 
 from __future__ import annotations
@@ -122,12 +124,13 @@ def _folds(targets: Sequence[int], folds: int) -> list[int]:
 
 
 def cross_validate(features: torch.Tensor, targets: torch.Tensor, zero_shot: torch.Tensor, logit_scale: float,
-                   reg: float, folds: int = CV_FOLDS) -> tuple[float, float]:
-    """(held-out top-1, held-out mean cross-entropy) of heads fitted with ``reg`` on all folds but one."""
+                   reg: float, folds: int = CV_FOLDS) -> tuple[float, float, float]:
+    """Held-out (top-1, mean cross-entropy, standard error of that mean) of heads fitted with
+    ``reg`` on all folds but one, over every image once held out."""
     fold_of = _folds(targets.tolist(), folds)
     scale = float(torch.tensor(logit_scale, dtype=torch.float64).exp())
     x = normalize(features.float())
-    right, loss, count = 0, 0.0, 0
+    right, losses = 0, []
     for f in range(folds):
         train = [i for i, g in enumerate(fold_of) if g != f]
         test = [i for i, g in enumerate(fold_of) if g == f]
@@ -136,22 +139,29 @@ def cross_validate(features: torch.Tensor, targets: torch.Tensor, zero_shot: tor
         w, b = fit_linear(features[train], targets[train], zero_shot, logit_scale, reg, CV_ITERATIONS)
         logits = scale * x[test] @ w.T + b
         right += int((logits.argmax(1) == targets[test]).sum())
-        loss += float(F.cross_entropy(logits, targets[test], reduction="sum"))
-        count += len(test)
-    return (right / count, loss / count) if count else (float("nan"), float("nan"))
+        losses.append(F.cross_entropy(logits, targets[test], reduction="none").double())
+    if not losses:
+        return float("nan"), float("nan"), float("nan")
+    loss = torch.cat(losses)
+    spread = float(loss.std() / len(loss) ** 0.5) if len(loss) > 1 else 0.0
+    return right / len(loss), float(loss.mean()), spread
 
 
 def choose_reg(features: torch.Tensor, targets: torch.Tensor, zero_shot: torch.Tensor, logit_scale: float,
                grid: Sequence[float] | None = None, folds: int = CV_FOLDS) -> tuple[float, dict[str, list[float]]]:
-    """The strength of ``grid`` (default :data:`REG_GRID`) with the best cross-validated top-1 on
-    these images (ties: lower cross-entropy, then the larger strength), and every strength's
-    ``[top-1, cross-entropy]``. Fewer than two images: the largest strength (nothing to validate on)."""
+    """The strength of ``grid`` (default :data:`REG_GRID`) chosen by the one-standard-error rule on
+    the cross-validated cross-entropy of these images: the strongest pull whose mean held-out
+    cross-entropy is within one standard error of the lowest. Returns it and every strength's
+    ``[top-1, cross-entropy, standard error]``. Fewer than two images: the largest strength
+    (nothing to validate on)."""
     grid = tuple(grid) if grid is not None else REG_GRID
     if len(targets) < 2:
         return max(grid), {}
     scores = {reg: cross_validate(features, targets, zero_shot, logit_scale, reg, folds) for reg in grid}
-    best = max(grid, key=lambda reg: (scores[reg][0], -scores[reg][1], reg))
-    return best, {f"{reg:g}": list(scores[reg]) for reg in grid}
+    best = min(grid, key=lambda reg: (scores[reg][1], -reg))
+    bar = scores[best][1] + scores[best][2]
+    chosen = max(reg for reg in grid if scores[reg][1] <= bar)
+    return chosen, {f"{reg:g}": list(scores[reg]) for reg in grid}
 
 
 def fit_linear(features: torch.Tensor, targets: torch.Tensor, zero_shot: torch.Tensor, logit_scale: float,
@@ -208,7 +218,8 @@ def fit_head(
     if reg == "auto":
         reg, grid = choose_reg(data.features, data.targets, weights, log_scale)
         regularisation["chosen"] = {"by": f"{CV_FOLDS}-fold cross-validation on the head's images",
-                                    "grid [top-1, cross-entropy]": grid}
+                                    "grid [top-1, cross-entropy, standard error]": grid,
+                                    "rule": "strongest within one standard error of the lowest cross-entropy"}
     w, b = fit_linear(data.features, data.targets, weights, log_scale, float(reg))
     shots = torch.bincount(data.targets, minlength=len(classnames)).tolist()
     info = {"regularisation": {"reg": reg, **regularisation},
