@@ -11,8 +11,8 @@ and pairs the model never saw in training alike. Then runs, in a subprocess, exa
 
 and prints its table. ``eval --shots`` protocol: per class a seeded pool of 16 images is set aside
 (never scored); the k-shot head (``zeroshot fewshot``'s: started from the zero-shot weights and
-pulled toward them) is fitted on the first k of the pool, and zero-shot and every k are scored on
-the same remaining images.
+pulled toward them, the pull chosen by ``--reg auto`` on the k shots alone) is fitted on the first
+k of the pool, and zero-shot and every k are scored on the same remaining images.
 """
 
 from __future__ import annotations
