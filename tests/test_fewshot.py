@@ -118,7 +118,7 @@ def test_eval_shots_reports_zero_and_few_shot_on_the_same_held_out_images(tiny_c
             make_image(root / name / f"{i}.png", tuple((c + 20 * i) % 256 for c in colour), size=(40, 40))
     out = tmp_path / "r.json"
     result = cli_strict("eval", "folder", root, "--shots", "1,2", "-t", "photo", "-m", "zs-tiny", "-p", tiny_ckpt,
-                        "-d", "cpu", "-j", "0", "--no-cache", "-o", out, "-q")
+                        "-d", "cpu", "-j", "0", "--no-cache", "-o", out, "-q", "--reg", "0.001")
     assert result.exit_code == 0, result.output
     assert "shots\ttrain images\ttest images\tzero-shot top-1\tfew-shot top-1" in result.stdout
     curve = json.loads(out.read_text())["fewshot"]["results"]
@@ -128,7 +128,7 @@ def test_eval_shots_reports_zero_and_few_shot_on_the_same_held_out_images(tiny_c
 
     # --shots-from: K per class from another labelled set, all 12 images scored.
     result = cli_strict("eval", "folder", root, "--shots", "1", "--shots-from", root, "-t", "photo", "-m", "zs-tiny",
-                        "-p", tiny_ckpt, "-d", "cpu", "-j", "0", "--no-cache", "-o", out, "-q")
+                        "-p", tiny_ckpt, "-d", "cpu", "-j", "0", "--no-cache", "-o", out, "-q", "--reg", "0.001")
     assert result.exit_code == 0, result.output
     assert [(r["train_images"], r["test_images"]) for r in json.loads(out.read_text())["fewshot"]["results"]] == [(3, 12)]
     result = cli_strict("eval", "folder", root, "--shots", "0,x", "-m", "zs-tiny", "-p", tiny_ckpt, "-q")

@@ -306,3 +306,15 @@ def test_ctrl_c_checkpoints_the_last_step_and_resume_finishes_the_same(tiny_ckpt
     resumed = fresh(tiny_ckpt)
     result = finetune(resumed, load_training_data(data_dir, templates="photo"), out, settings, resume=True)
     assert result.steps == 3 and equal(state(whole), state(resumed))
+
+
+def test_cli_random_init_is_seeded(data_dir, tmp_path):
+    """``--pretrained none --seed N``: the random starting weights come from the seed too."""
+    from safetensors.torch import load_file
+
+    outs = [tmp_path / f"{name}.safetensors" for name in ("a", "b")]
+    for out in outs:
+        result = cli_strict("finetune", data_dir, "-m", "zs-tiny", "-p", "none", "--seed", "5", "--out", out, "-b", "4",
+                            "--epochs", "1", "--lr", "1e-3", "--templates", "photo", "-d", "cpu")
+        assert result.exit_code == 0, result.output
+    assert equal(load_file(str(outs[0])), load_file(str(outs[1])))

@@ -88,9 +88,9 @@ def test_classify_names_the_colour_and_the_shape(shapes_loaded):
     # New random images, objects 35-95% of the image side anywhere in it.
     # Chance is 1/36 for each figure below.
     split = shapes.split_pairs()
-    assert accuracy(clf, shapes.labelled_scenes(1234, split.train, per_pair=4)) >= 0.6
+    assert accuracy(clf, shapes.labelled_scenes(1234, split.train, per_pair=4)) >= 0.85  # the fixture: 95.8%
     # Pairs never seen in training (red triangle, green star, ...): compositional transfer.
-    assert accuracy(clf, shapes.labelled_scenes(4321, split.test, per_pair=6)) >= 0.25
+    assert accuracy(clf, shapes.labelled_scenes(4321, split.test, per_pair=6)) >= 0.6  # the fixture: 80.6%
 
 
 def accuracy(clf, scenes) -> float:
@@ -117,7 +117,7 @@ def test_cli_eval_among_all_pairs(tmp_path):
     assert result.exit_code == 0, result.output
     body = json.loads(out.read_text())
     assert (body["images"], body["classes"]) == (len(scenes), len(ALL_LABELS))
-    assert body["metrics"]["acc1"] >= 0.6  # chance is 1/36
+    assert body["metrics"]["acc1"] >= 0.75  # chance is 1/36; the fixture: 86.1%
 
 
 def test_cli_search_blue_square_returns_blue_squares_first(tmp_path):

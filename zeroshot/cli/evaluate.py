@@ -230,8 +230,9 @@ def eval_command(
              "names) and score all of the dataset; default: a seeded pool of the dataset itself, never scored.")] = None,
     shots_seed: Annotated[int, typer.Option("--shots-seed", rich_help_panel=SHOTS_PANEL,
         help="Seed of the K-shot samples.")] = 0,
-    reg: Annotated[float, typer.Option("--reg", min=0.0, rich_help_panel=SHOTS_PANEL,
-        help="Few-shot heads: pull toward the zero-shot weights (see 'zeroshot fewshot').")] = 1e-3,
+    reg: Annotated[str, typer.Option("--reg", rich_help_panel=SHOTS_PANEL,
+        help="Few-shot heads: pull toward the zero-shot weights (see 'zeroshot fewshot'); auto = chosen for each "
+             "K by cross-validation on its K-shot images, never on the scored ones.")] = "auto",
     ray: RayOpt = None,
     ray_actors: RayActorsOpt = None,
     ray_decode_cpus: RayDecodeCpusOpt = 1.0,
@@ -291,6 +292,10 @@ def eval_command(
         data = data.limit(limit)
 
         shot_counts = _parse_shots(shots) if shots is not None else None
+        if shot_counts is not None:
+            from ..train.fewshot import parse_reg
+
+            reg = parse_reg(reg)
         if shots_from is not None and shot_counts is None:
             raise UsageError("--shots-from goes with --shots K,...: the shot counts to fit")
         pairs = pair_models(model or [], pretrained or [], ctx.meta.get("zeroshot.argv"))
@@ -421,9 +426,9 @@ def _shots(loaded, result, counts, shots_from, seed, reg, classnames, hidden, se
     curve = shots_curve(result.features, result.targets, result.encoded, result.class_weights,
                         float(loaded.logit_scale), counts, seed, reg, pool)
     percent = sys.stdout.isatty()
-    header = ("shots", "train images", "test images", "zero-shot top-1", "few-shot top-1")
+    header = ("shots", "train images", "test images", "zero-shot top-1", "few-shot top-1", "reg")
     typer.echo("\t".join(header))
     for r in curve:
         typer.echo("\t".join([str(r.shots), str(r.train_images), str(r.test_images),
-                              _cell(r.zero_shot, percent), _cell(r.few_shot, percent)]))
+                              _cell(r.zero_shot, percent), _cell(r.few_shot, percent), f"{r.reg:g}"]))
     return curve

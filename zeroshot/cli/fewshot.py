@@ -37,8 +37,9 @@ def fewshot(
         help="Labelled images: a folder of class sub-folders, or a CSV manifest with path and label columns.")],
     out: Annotated[Path, typer.Option("--out", "-o", dir_okay=False, rich_help_panel=HEAD_PANEL,
         help="The head (.safetensors; OUT.json beside it holds labels, model and fitting settings).")],
-    reg: Annotated[float, typer.Option("--reg", min=0.0, rich_help_panel=HEAD_PANEL,
-        help="Pull toward the zero-shot weights: reg * (||W - W_zs||^2 + ||b||^2). Large = stay zero-shot.")] = 1e-3,
+    reg: Annotated[str, typer.Option("--reg", rich_help_panel=HEAD_PANEL,
+        help="Pull toward the zero-shot weights: reg * (||W - W_zs||^2 + ||b||^2), large = stay zero-shot; "
+             "auto = chosen by 4-fold cross-validation on DATA's images.")] = "auto",
     shots: Annotated[Optional[int], typer.Option("--shots", "-k", min=1, rich_help_panel=HEAD_PANEL,
         help="Use only K images per class (seeded sample; default: all of DATA).")] = None,
     seed: Annotated[int, typer.Option("--seed", rich_help_panel=HEAD_PANEL, help="Seed of the --shots sample.")] = 0,
@@ -67,7 +68,7 @@ def fewshot(
     from ..encode.text import build_class_weights
     from ..models import load_model, resolve_weights
     from ..prompts import resolve_templates
-    from ..train.fewshot import embed_dataset, fit_head, sample_shots, save_head
+    from ..train.fewshot import embed_dataset, fit_head, parse_reg, sample_shots, save_head
 
     started = time.perf_counter()
     skipped = 0
@@ -78,6 +79,7 @@ def fewshot(
             raise UsageError(f"--out {out}: folder {out.parent} does not exist")
         if store is not None and no_cache:
             raise UsageError("--store and --no-cache contradict each other: --no-cache uses no store")
+        reg = parse_reg(reg)
         template_set = resolve_templates(templates)
         kind = "folder" if Path(data).expanduser().is_dir() else "csv"
         dataset = load_dataset(kind, data, classnames=classnames, include_hidden=hidden)

@@ -43,7 +43,8 @@ def finetune(
         help="Labelled data: templates that turn class names into captions (one chosen at random per image "
              "and epoch, seeded). Also used to score the held-out split.")] = "openai-7",
     classnames: Annotated[Optional[Path], typer.Option("--classnames", rich_help_panel=DATA_PANEL, dir_okay=False,
-        help="Labelled data: file mapping folder (or label) -> class name.")] = None,
+        help="Labelled data: file mapping folder (or label) -> class name. The held-out set (--val) is scored "
+             "among every class listed, also those without images.")] = None,
     val: Annotated[Optional[str], typer.Option("--val", rich_help_panel=DATA_PANEL,
         help="Held-out data (same kinds as DATA) scored as zero-shot top-1 after every epoch.")] = None,
     val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.9, rich_help_panel=DATA_PANEL,
@@ -152,6 +153,10 @@ def _train(opts: dict, started: float) -> None:
         precision = opts["precision"].value
         if precision == "auto" and resolve_device(opts["device"]).type == "cpu":
             precision = "fp32"
+        if pretrained is None:
+            import torch
+
+            torch.manual_seed(opts["seed"])  # --seed also fixes the random initial weights
         loaded = load_model(weights, device=opts["device"], precision=precision)
     kind = "class-name captions" if train.labelled else "captions"
     say(f"fine-tuning {weights.name} on {len(train)} images ({kind}) for {settings.epochs} epoch(s) on "

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from .checkpoint import mix_files, save_finetuned, wise_ft
 from .data import TrainPairs, load_training_data, read_caption_manifest
-from .finetune import FinetuneResult, FinetuneSettings, Hooks, finetune
+from .finetune import EpochStats, FinetuneResult, FinetuneSettings, Hooks, best_of_among, finetune
 from .loss import caption_groups, clip_loss, contrastive_loss, siglip_loss
 from .schedule import cosine_lr, param_groups
 
 __all__ = [
-    "FinetuneResult", "FinetuneSettings", "Hooks", "TrainPairs", "caption_groups", "clip_loss", "contrastive_loss",
+    "EpochStats", "FinetuneResult", "FinetuneSettings", "Hooks", "TrainPairs", "best_of_among", "caption_groups", "clip_loss", "contrastive_loss",
     "cosine_lr", "finetune", "load_training_data", "mix_files", "param_groups", "read_caption_manifest",
     "save_finetuned", "siglip_loss", "wise_ft",
 ]

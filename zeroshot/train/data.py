@@ -35,7 +35,9 @@ LABEL_COLUMNS = ("label",)
 class TrainPairs:
     """Images and the text of each: a caption, or a class name that ``templates`` turn into
     captions. ``names`` are the paths as given (for messages), ``fs_paths`` the files to open,
-    ``errors`` the images found unusable so far (name -> ``"code: detail"``)."""
+    ``errors`` the images found unusable so far (name -> ``"code: detail"``), ``class_list``
+    every class of a labelled data set (also those without images: a ``--classnames`` file's
+    whole list), the classes held-out images are scored among."""
 
     names: list[str]
     fs_paths: list[str]
@@ -43,6 +45,7 @@ class TrainPairs:
     templates: tuple[str, ...] | None = None
     source: str = ""
     errors: dict[str, str] = field(default_factory=dict)
+    class_list: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -62,8 +65,9 @@ class TrainPairs:
 
     @property
     def classes(self) -> list[str]:
-        """The distinct texts (class names or captions), in first-seen order."""
-        return list(dict.fromkeys(self.texts))
+        """What held-out images are scored among: ``class_list`` then any other distinct text
+        (class names or captions), in first-seen order."""
+        return list(dict.fromkeys([*(self.class_list or ()), *self.texts]))
 
     def subset(self, indices: Sequence[int]) -> TrainPairs:
         keep = list(indices)
@@ -105,6 +109,7 @@ def from_dataset(dataset: EvalDataset, templates: TemplateSet | str | Sequence[s
         templates=as_template_set(templates).templates,
         source=dataset.root,
         errors=dict(dataset.errors),
+        class_list=tuple(dataset.classnames),
     )
 
 

@@ -11,6 +11,16 @@ Objective (full batch, deterministic L-BFGS from ``W = W_zs, b = 0``)::
 with ``x_i`` the L2-normalised image embeddings, ``W_zs`` the zero-shot class weights (the
 prompt ensemble) and ``t`` the model's log temperature. ``reg`` -> infinity gives back the
 zero-shot classifier exactly; ``reg`` = 0 is plain logistic regression started from zero-shot.
+
+``reg="auto"`` (the default) chooses the strength on the head's own training images, never on
+anything scored: 4-fold cross-validation (image j of class c in fold (j + c) mod 4, so with one
+image per class a fold holds a quarter of the classes' only images; fits of at most
+:data:`CV_ITERATIONS` L-BFGS iterations) over :data:`REG_GRID`, and
+the one-standard-error rule on the held-out cross-entropy: the strongest pull whose mean
+held-out cross-entropy is within one standard error of the lowest (a few images cannot tell
+near-equal strengths apart, so the choice stays as close to zero-shot as the evidence allows).
+With one shot per class the held-out class has no training image in its fold, so the choice
+favours staying near zero-shot, which is what one image per class can support.
 """
 
 from __future__ import annotations
@@ -35,7 +45,11 @@ from ..scoring import normalize
 from ..store.reuse import embed_with_store
 from .checkpoint import write_weights
 
-DEFAULT_REG = 1e-3
+DEFAULT_REG = "auto"
+REG_GRID: tuple[float, ...] = (1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0, 1000.0)
+CV_FOLDS = 4
+CV_ITERATIONS = 100  # L-BFGS iterations of each cross-validation fit (the final fit runs 200)
+Reg = float | str  # a strength >= 0, or "auto"
 
 
 @dataclass
@@ -85,8 +99,73 @@ def sample_shots(targets: Sequence[int], k: int, seed: int) -> list[int]:
     return sorted(chosen)
 
 
+def parse_reg(value: Reg, option: str = "--reg") -> Reg:
+    """``"auto"`` or a strength >= 0 (from a number or its text)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{option} {value!r}: give auto or a number >= 0, e.g. 0.1") from None
+    if not number >= 0:
+        raise UsageError(f"{option} {value!r}: must be >= 0 (or auto)")
+    return number
+
+
+def _folds(targets: Sequence[int], folds: int) -> list[int]:
+    """Fold of each image: image j of class c goes to fold ``(j + c) % folds``."""
+    seen: dict[int, int] = {}
+    out = []
+    for t in targets:
+        j = seen.get(int(t), 0)
+        seen[int(t)] = j + 1
+        out.append((j + int(t)) % folds)
+    return out
+
+
+def cross_validate(features: torch.Tensor, targets: torch.Tensor, zero_shot: torch.Tensor, logit_scale: float,
+                   reg: float, folds: int = CV_FOLDS) -> tuple[float, float, float]:
+    """Held-out (top-1, mean cross-entropy, standard error of that mean) of heads fitted with
+    ``reg`` on all folds but one, over every image once held out."""
+    fold_of = _folds(targets.tolist(), folds)
+    scale = float(torch.tensor(logit_scale, dtype=torch.float64).exp())
+    x = normalize(features.float())
+    right, losses = 0, []
+    for f in range(folds):
+        train = [i for i, g in enumerate(fold_of) if g != f]
+        test = [i for i, g in enumerate(fold_of) if g == f]
+        if not train or not test:
+            continue
+        w, b = fit_linear(features[train], targets[train], zero_shot, logit_scale, reg, CV_ITERATIONS)
+        logits = scale * x[test] @ w.T + b
+        right += int((logits.argmax(1) == targets[test]).sum())
+        losses.append(F.cross_entropy(logits, targets[test], reduction="none").double())
+    if not losses:
+        return float("nan"), float("nan"), float("nan")
+    loss = torch.cat(losses)
+    spread = float(loss.std() / len(loss) ** 0.5) if len(loss) > 1 else 0.0
+    return right / len(loss), float(loss.mean()), spread
+
+
+def choose_reg(features: torch.Tensor, targets: torch.Tensor, zero_shot: torch.Tensor, logit_scale: float,
+               grid: Sequence[float] | None = None, folds: int = CV_FOLDS) -> tuple[float, dict[str, list[float]]]:
+    """The strength of ``grid`` (default :data:`REG_GRID`) chosen by the one-standard-error rule on
+    the cross-validated cross-entropy of these images: the strongest pull whose mean held-out
+    cross-entropy is within one standard error of the lowest. Returns it and every strength's
+    ``[top-1, cross-entropy, standard error]``. Fewer than two images: the largest strength
+    (nothing to validate on)."""
+    grid = tuple(grid) if grid is not None else REG_GRID
+    if len(targets) < 2:
+        return max(grid), {}
+    scores = {reg: cross_validate(features, targets, zero_shot, logit_scale, reg, folds) for reg in grid}
+    best = min(grid, key=lambda reg: (scores[reg][1], -reg))
+    bar = scores[best][1] + scores[best][2]
+    chosen = max(reg for reg in grid if scores[reg][1] <= bar)
+    return chosen, {f"{reg:g}": list(scores[reg]) for reg in grid}
+
+
 def fit_linear(features: torch.Tensor, targets: torch.Tensor, zero_shot: torch.Tensor, logit_scale: float,
-               reg: float = DEFAULT_REG, iterations: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+               reg: float = 1e-3, iterations: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
     """``(W, b)`` minimising the module's objective by full-batch L-BFGS (deterministic)."""
     if reg < 0:
         raise UsageError(f"--reg {reg}: must be >= 0")
@@ -114,7 +193,7 @@ def fit_head(
     loaded: LoadedModel,
     data: EvalDataset | Embeddings,
     templates: TemplateSet | str | Sequence[str] = "openai-7",
-    reg: float = DEFAULT_REG,
+    reg: Reg = DEFAULT_REG,
     classnames: Sequence[str] | None = None,
     zero_shot: torch.Tensor | None = None,
     settings: EmbedSettings = EmbedSettings(),
@@ -122,7 +201,8 @@ def fit_head(
     on_skip: Callable[[str, str], None] | None = None,
 ) -> LinearHead:
     """A head for ``loaded`` fitted on a labelled dataset (or its precomputed embeddings, then
-    with ``classnames``), initialised from and regularised toward the zero-shot weights."""
+    with ``classnames``), initialised from and regularised toward the zero-shot weights
+    (``reg="auto"``: the strength cross-validated on these images, see the module doc)."""
     template_set = as_template_set(templates)
     if isinstance(data, EvalDataset):
         classnames = data.classnames
@@ -133,9 +213,16 @@ def fit_head(
         raise UsageError("no usable training images for the head (every image was skipped)")
     weights = zero_shot if zero_shot is not None else build_class_weights(loaded, list(classnames), template_set)
     log_scale = float(loaded.logit_scale)
-    w, b = fit_linear(data.features, data.targets, weights, log_scale, reg)
+    reg = parse_reg(reg)
+    regularisation: dict = {"toward": "zero-shot class weights", "penalty": "reg * (||W - W_zs||^2 + ||b||^2)"}
+    if reg == "auto":
+        reg, grid = choose_reg(data.features, data.targets, weights, log_scale)
+        regularisation["chosen"] = {"by": f"{CV_FOLDS}-fold cross-validation on the head's images",
+                                    "grid [top-1, cross-entropy, standard error]": grid,
+                                    "rule": "strongest within one standard error of the lowest cross-entropy"}
+    w, b = fit_linear(data.features, data.targets, weights, log_scale, float(reg))
     shots = torch.bincount(data.targets, minlength=len(classnames)).tolist()
-    info = {"regularisation": {"reg": reg, "toward": "zero-shot class weights", "penalty": "reg * (||W - W_zs||^2 + ||b||^2)"},
+    info = {"regularisation": {"reg": reg, **regularisation},
             "templates": template_set.name, "images_per_class": dict(zip(classnames, shots)),
             "objective": "mean cross-entropy, full-batch L-BFGS"}
     model = {"name": loaded.name, "pretrained": loaded.pretrained, "weights_id": loaded.weights_id}
@@ -162,10 +249,11 @@ class ShotResult:
     few_shot: float
     train_images: int
     test_images: int
+    reg: float | None = None
 
     def as_dict(self) -> dict:
         return {"shots": self.shots, "zero_shot_top1": self.zero_shot, "few_shot_top1": self.few_shot,
-                "train_images": self.train_images, "test_images": self.test_images}
+                "train_images": self.train_images, "test_images": self.test_images, "reg": self.reg}
 
 
 def _top1(features: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -197,7 +285,7 @@ def shots_curve(
     log_scale: float,
     shots: Sequence[int] = (1, 2, 4, 8, 16),
     seed: int = 0,
-    reg: float = DEFAULT_REG,
+    reg: Reg = DEFAULT_REG,
     pool: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> list[ShotResult]:
     """Zero-shot vs k-shot top-1 for every k in ``shots``.
@@ -207,9 +295,11 @@ def shots_curve(
     scored; the k-shot head is fitted on the first ``k`` of the pool (nested samples), and every
     k and the zero-shot column are scored on the same remaining images. With ``pool``
     (``(features, targets)`` of a separate training set, ``--shots-from``) the k images per class
-    are sampled from it (seeded) and every usable image of the evaluated set is scored."""
+    are sampled from it (seeded) and every usable image of the evaluated set is scored.
+    ``reg="auto"`` chooses each k's strength by cross-validation on its k-shot images alone."""
     if not shots or min(shots) < 1:
         raise UsageError("--shots: give positive shot counts, e.g. 1,2,4,8,16")
+    reg = parse_reg(reg)
     top = max(shots)
     usable_rows = [i for i in range(len(targets)) if bool(usable[i])]
     if pool is None:
@@ -227,6 +317,7 @@ def shots_curve(
     results = []
     for k in sorted(set(shots)):
         rows = sorted(i for members in picked.values() for i in members[:k])
-        w, b = fit_linear(train_x[rows], train_y[rows], zero_shot, log_scale, reg)
-        results.append(ShotResult(k, zero, _top1(test_x, test_y, w, b, log_scale), len(rows), len(test)))
+        strength = choose_reg(train_x[rows], train_y[rows], zero_shot, log_scale)[0] if reg == "auto" else float(reg)
+        w, b = fit_linear(train_x[rows], train_y[rows], zero_shot, log_scale, strength)
+        results.append(ShotResult(k, zero, _top1(test_x, test_y, w, b, log_scale), len(rows), len(test), strength))
     return results

@@ -26,7 +26,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,10 +95,44 @@ class FinetuneSettings:
 
 @dataclass
 class EpochStats:
+    """One epoch: mean training loss, held-out top-1 (None without a held-out set), held-out
+    ``[correct, images]`` per class (classes with held-out images), and ``score``, the value the
+    kept epoch is chosen by (see :func:`finetune`'s ``select``; None = not eligible)."""
+
     epoch: int
     loss: float
     accuracy: float | None
     seconds: float
+    per_class: dict[str, list[int]] = field(default_factory=dict)
+    score: float | None = None
+
+    def group_accuracy(self, classes: Iterable[str]) -> float:
+        """Held-out top-1 over the images of ``classes`` (NaN when none of them has images)."""
+        counts = [self.per_class[c] for c in classes if c in self.per_class]
+        images = sum(n for _, n in counts)
+        return sum(c for c, _ in counts) / images if images else float("nan")
+
+
+Select = Callable[[EpochStats], float | None]
+"""Chooses the kept epoch: the epoch with the highest value is kept; None = not eligible."""
+
+
+def held_out_top1(stats: EpochStats) -> float | None:
+    """The default ``select``: held-out top-1 over all held-out images."""
+    return stats.accuracy
+
+
+def best_of_among(score_classes: Iterable[str], floor_classes: Iterable[str], floor: float) -> Select:
+    """A ``select`` rule: top-1 on ``score_classes`` among the epochs whose top-1 on
+    ``floor_classes`` is at least ``floor`` (e.g. the best top-1 on held-out classes among the
+    epochs that reach 90% on the trained ones)."""
+    score_set, floor_set = tuple(score_classes), tuple(floor_classes)
+
+    def select(stats: EpochStats) -> float | None:
+        reached = stats.group_accuracy(floor_set)
+        return stats.group_accuracy(score_set) if reached >= floor else None
+
+    return select
 
 
 @dataclass
@@ -174,15 +208,16 @@ def prepare_model(net: torch.nn.Module, settings: FinetuneSettings) -> None:
         raise UsageError("nothing to train: every parameter is locked")
 
 
-def zero_shot_accuracy(loaded: LoadedModel, pairs: TrainPairs, settings: FinetuneSettings,
-                       on_skip: Callable[[str, str], None] | None = None) -> float:
-    """Top-1 of ``pairs`` classified among their distinct texts (class names through the
-    templates, or the captions themselves) with the model as it is now."""
+def held_out_counts(loaded: LoadedModel, pairs: TrainPairs, settings: FinetuneSettings,
+                    on_skip: Callable[[str, str], None] | None = None) -> dict[str, list[int]]:
+    """``[correct, images]`` per text of ``pairs``, each image classified among
+    ``pairs.classes`` (every class of a labelled set, or the distinct captions; class names go
+    through the templates) with the model as it is now."""
     classes = pairs.classes
     index = {c: i for i, c in enumerate(classes)}
     loaded.model.eval()
     weights = build_class_weights(loaded, classes, pairs.templates or ("{}",), cache=None)
-    correct = total = 0
+    counts: dict[str, list[int]] = {}
     embed = EmbedSettings(batch_size=settings.batch_size, workers=settings.workers, max_pixels=settings.max_pixels)
     for batch in embed_images(loaded, pairs.sources(), embed):
         for i, reason in batch.errors:
@@ -192,9 +227,21 @@ def zero_shot_accuracy(loaded: LoadedModel, pairs: TrainPairs, settings: Finetun
             continue
         predicted = (batch.embeddings.float() @ weights.float().T).argmax(dim=1).tolist()
         for i, p in zip(batch.indices, predicted):
-            correct += index[pairs.texts[i]] == p
-            total += 1
-    return correct / total if total else float("nan")
+            count = counts.setdefault(pairs.texts[i], [0, 0])
+            count[0] += index[pairs.texts[i]] == p
+            count[1] += 1
+    return counts
+
+
+def _top1(counts: dict[str, list[int]]) -> float:
+    images = sum(n for _, n in counts.values())
+    return sum(c for c, _ in counts.values()) / images if images else float("nan")
+
+
+def zero_shot_accuracy(loaded: LoadedModel, pairs: TrainPairs, settings: FinetuneSettings,
+                       on_skip: Callable[[str, str], None] | None = None) -> float:
+    """Top-1 of ``pairs`` classified among ``pairs.classes`` with the model as it is now."""
+    return _top1(held_out_counts(loaded, pairs, settings, on_skip))
 
 
 def _epoch_batches(n: int, settings: FinetuneSettings, epoch: int) -> list[list[int]]:
@@ -219,9 +266,9 @@ class _Run:
     """One fine-tuning run's state (what a checkpoint holds)."""
 
     def __init__(self, loaded: LoadedModel, train: TrainPairs, val: TrainPairs | None, settings: FinetuneSettings,
-                 hooks: Hooks, checkpoint: Path | None) -> None:
+                 hooks: Hooks, checkpoint: Path | None, select: Select = held_out_top1) -> None:
         self.loaded, self.net, self.train, self.val = loaded, loaded.model, train, val
-        self.settings, self.hooks, self.checkpoint = settings, hooks, checkpoint
+        self.settings, self.hooks, self.checkpoint, self.select = settings, hooks, checkpoint, select
         self.batches_per_epoch = math.ceil(len(train) / settings.batch_size)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / settings.accum)
         self.total_steps = self.steps_per_epoch * settings.epochs
@@ -342,18 +389,19 @@ class _Run:
 
     def end_epoch(self, seconds: float) -> bool:
         """Score the epoch, keep the best weights; False when early stopping says stop."""
-        accuracy = None
+        stats = EpochStats(self.epoch + 1, self.loss_sum / max(1, self.loss_count), None, seconds)
         if self.val is not None:
-            accuracy = zero_shot_accuracy(self.loaded, self.val, self.settings, self._skip_val)
-        stats = EpochStats(self.epoch + 1, self.loss_sum / max(1, self.loss_count), accuracy, seconds)
+            stats.per_class = held_out_counts(self.loaded, self.val, self.settings, self._skip_val)
+            stats.accuracy = _top1(stats.per_class)
+            stats.score = self.select(stats)
         self.history.append(stats)
         if self.hooks.on_epoch:
             self.hooks.on_epoch(stats)
-        improved = accuracy is not None and (self.best_accuracy is None or accuracy > self.best_accuracy)
-        if improved:
+        score = stats.score
+        if score is not None and (self.best_accuracy is None or score > self.best_accuracy):
             self.best_state, self.best_epoch, self.best_accuracy, self.bad_epochs = \
-                _clone_state(self.net), stats.epoch, accuracy, 0
-        elif accuracy is not None:
+                _clone_state(self.net), stats.epoch, score, 0
+        elif score is not None:
             self.bad_epochs += 1
         self.epoch += 1
         self.step_in_epoch = 0
@@ -376,6 +424,7 @@ def finetune(
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
     hooks: Hooks | None = None,
+    select: Select = held_out_top1,
 ) -> FinetuneResult:
     """Fine-tune ``loaded.model`` in place on ``train`` and save it to ``out`` (safetensors +
     ``out.json`` sidecar; None saves nothing). ``val`` (or ``settings.val_fraction`` of
@@ -383,7 +432,14 @@ def finetune(
     ``checkpoint`` (default ``out.ckpt``) receives the resumable state at epoch ends, every
     ``checkpoint_every`` steps and when ``max_steps`` stops the run; ``resume`` continues from it.
     The finished run deletes the checkpoint. After the call ``loaded.model`` holds the saved
-    weights, in eval mode."""
+    weights, in eval mode.
+
+    ``select`` picks the kept epoch from each epoch's :class:`EpochStats` (held-out top-1 overall
+    and ``[correct, images]`` per class): the highest value wins, None makes an epoch
+    ineligible (such epochs neither count toward ``patience`` nor get kept); default: held-out
+    top-1. :func:`best_of_among` builds the rule "best top-1 on these classes among the epochs
+    reaching X on those". With no eligible epoch the last one is saved.
+    ``result.best_accuracy`` is the kept epoch's ``select`` value."""
     settings.check()
     hooks = hooks or Hooks()
     target = check_output(out) if out is not None else None
@@ -408,7 +464,7 @@ def finetune(
     start = _clone_state(net) if settings.wise_ft is not None else None
     try:
         prepare_model(net, settings)
-        run = _Run(loaded, train, val, settings, hooks, ckpt)
+        run = _Run(loaded, train, val, settings, hooks, ckpt, select)
         if resume:
             run.restore(load_training_state(ckpt))
         elif val is not None:
@@ -434,7 +490,8 @@ def finetune(
                 "data": train.source, "train_images": len(train), "val_images": len(val) if val is not None else 0,
                 "settings": asdict(settings), "epochs_run": len(run.history), "best_epoch": result.best_epoch,
                 "start_accuracy": run.start_accuracy, "best_accuracy": run.best_accuracy,
-                "history": [asdict(h) for h in run.history], "stopped": stopped, "steps": run.step,
+                "history": [{k: v for k, v in asdict(h).items() if k != "per_class"} for h in run.history],
+                "stopped": stopped, "steps": run.step,
             }
             result.output = save_finetuned(net, target, arch, provenance, state=final)
         if ckpt is not None and ckpt.exists():
