@@ -184,3 +184,36 @@ def test_an_address_nobody_answers_is_refused_in_seconds():
         port = sock.getsockname()[1]
     with pytest.raises(UsageError, match=f"--ray 127.0.0.1:{port}: cannot connect to a Ray cluster"):
         _reachable(f"127.0.0.1:{port}")
+
+
+def test_resume_under_ray_continues_a_crashed_run(tmp_path, tiny_ckpt, monkeypatch):
+    """A run stopped after a few rows leaves its journal; ``--ray --resume`` continues it to exactly
+    the uninterrupted local output (the journal and the writer are the driver's, as locally)."""
+    from zeroshot.output.journal import Journal, journal_path, read_journal
+
+    images = folder_with_broken_files(tmp_path / "imgs")
+    common = [*tiny_cli_args(tiny_ckpt), "-l", "red", "-l", "green", "-l", "blue", "-t", "photo", "-k", "3"]
+    reference = run("classify", images, *common, "-o", tmp_path / "reference.csv", "--no-cache")
+    assert reference.exit_code == 3, reference.output
+    out = tmp_path / "out.csv"
+    real_record = Journal.record
+    recorded = []
+
+    def record_then_crash(self, pred):
+        if len(recorded) == 6:
+            self.sync(force=True)
+            raise KeyboardInterrupt  # the driver dies here: six rows are in the journal
+        recorded.append(pred.path)
+        real_record(self, pred)
+
+    monkeypatch.setattr(Journal, "record", record_then_crash)
+    crashed = run("classify", images, *common, "-o", out, "--no-cache")
+    monkeypatch.setattr(Journal, "record", real_record)
+    assert crashed.exit_code != 0 and not out.exists()
+    done = len(read_journal(journal_path(out)).rows)
+    assert done == 6
+    resumed = run("classify", images, *common, "-o", out, "--no-cache", "--resume", "--ray", "auto")
+    assert resumed.exit_code == 3, resumed.output
+    assert f"{done} of 15 inputs already done" in resumed.output
+    assert out.read_text() == (tmp_path / "reference.csv").read_text()
+    assert not journal_path(out).exists()
