@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..prompts import control_character
-from .datasets import EvalDataset
+from .datasets import EvalDataset, read_manifest_text
 
 PATH_COLUMNS = ("path", "image", "filepath", "file")
 CAPTION_COLUMNS = ("caption", "captions", "text", "title")
@@ -109,15 +109,8 @@ def caption_dataset(path: str | os.PathLike) -> RetrievalDataset:
     string or a list) per line. Relative paths are relative to the manifest's folder; images
     keep their first-appearance order."""
     manifest = Path(path).expanduser()
-    try:
-        text = manifest.read_text("utf-8-sig")
-    except FileNotFoundError:
-        raise UsageError(f"manifest not found: {path}") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path} is a folder; `zeroshot eval retrieval` takes a caption manifest "
-                         "(.csv .tsv .jsonl; use `eval wds` for a WebDataset folder)") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"cannot read manifest {path}: {err}") from None
+    text = read_manifest_text(manifest, str(path), "`zeroshot eval retrieval` takes a caption manifest "
+                              "(.csv .tsv .jsonl; use `eval wds` for a WebDataset folder)")
     json_lines = manifest.suffix.lower() in (".jsonl", ".ndjson")
     rows = _rows_jsonl(manifest, text) if json_lines else _rows_csv(manifest, text)
     captions: dict[str, list[str]] = {}

@@ -257,19 +257,25 @@ def folder_dataset(
     return EvalDataset("folder", names, samples, str(root), errors=errors)
 
 
+def read_manifest_text(path: Path, shown: str, folder_hint: str) -> str:
+    """The text of a manifest file (BOM dropped); a missing, folder or unreadable ``path`` is a
+    one-line :class:`UsageError` starting with ``shown`` (the file, or option and file)."""
+    try:
+        return path.read_text("utf-8-sig")
+    except FileNotFoundError:
+        raise UsageError(f"{shown}: manifest not found") from None
+    except IsADirectoryError:
+        raise UsageError(f"{shown}: is a folder; {folder_hint}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"{shown}: cannot read manifest: {err}") from None
+
+
 def csv_dataset(path: str | os.PathLike, classnames: str | os.PathLike | None = None) -> EvalDataset:
     """A manifest with ``path`` and ``label`` columns (header row; other columns ignored). Relative
     paths are relative to the manifest's folder. Classes: the labels in natural order, or every
     entry of ``classnames`` (label -> class name) in file order."""
     manifest = Path(path).expanduser()
-    try:
-        text = manifest.read_text("utf-8-sig")
-    except FileNotFoundError:
-        raise UsageError(f"manifest not found: {path}") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path} is a folder; `zeroshot eval csv` takes a CSV file (use `eval folder` for folders)") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"cannot read manifest {path}: {err}") from None
+    text = read_manifest_text(manifest, str(path), "`zeroshot eval csv` takes a CSV file (use `eval folder` for folders)")
     dialect = "excel-tab" if manifest.suffix.lower() == ".tsv" else "excel"
     reader = csv.DictReader(text.splitlines(), dialect=dialect)
     fields = {(f or "").strip().lower(): f for f in reader.fieldnames or []}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.datasets import EvalDataset, csv_dataset, folder_dataset
+from ..data.datasets import EvalDataset, csv_dataset, folder_dataset, read_manifest_text
 from ..data.decode import DEFAULT_MAX_PIXELS, open_image
 from ..data.discover import Source
 from ..errors import ImageError, UsageError
@@ -121,14 +121,7 @@ def _column(fields: dict[str, str], candidates: Sequence[str], requested: str | 
 
 def _read_rows(path: Path, option: str) -> tuple[list[str], list[dict]]:
     """Header and rows of a CSV/TSV (delimiter: tab for .tsv or a tab in the header) or JSONL file."""
-    try:
-        text = path.read_text("utf-8-sig")
-    except FileNotFoundError:
-        raise UsageError(f"{option} {path}: file not found") from None
-    except IsADirectoryError:
-        raise UsageError(f"{option} {path}: is a folder, not a manifest") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"{option} {path}: cannot read manifest: {err}") from None
+    text = read_manifest_text(path, f"{option} {path}", "give a manifest (.csv .tsv .jsonl) or a labelled folder")
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         rows = []
         for number, line in enumerate(text.splitlines(), 1):
