@@ -43,7 +43,8 @@ import shapes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "tests" / "model_configs"
-TEMPLATES = "photo"  # "a photo of a {}.", the form of the training captions
+TEMPLATES = "photo"
+MIX = "full:1:0.3,colour:1:0.2,shape:1:0.2,full:2:0.3"  # "a photo of a {}.", the form of the training captions
 
 
 def write_images(folder: Path, scenes) -> list[str]:
@@ -66,7 +67,7 @@ def write_csv(path: Path, header: tuple[str, str], rows) -> Path:
 
 def make_data(work: Path, args, split: shapes.PairSplit) -> dict[str, Path]:
     """The training caption manifest, the validation manifest and the 36 class names."""
-    mix = (("full", 1, args.full), ("colour", 1, args.attr), ("shape", 1, args.attr), ("full", 2, args.two))
+    mix = parse_mix(args.mix)
     train = shapes.captioned_scenes(args.seed, args.train_size, split.train, mix=mix)
     names = write_images(work / "train", [s for s, _ in train])
     held = shapes.labelled_scenes(args.seed + 1, split.train, args.val_trained) + \
@@ -80,6 +81,15 @@ def make_data(work: Path, args, split: shapes.PairSplit) -> dict[str, Path]:
         "classes": classes,
         "distinct_captions": len({c for _, c in train}),
     }
+
+
+def parse_mix(text: str) -> tuple[tuple[str, int, float], ...]:
+    """``"full:1:0.3,one:2:0.2"`` -> ((kind, objects, share), ...) for ``shapes.captioned_scenes``."""
+    mix = []
+    for part in text.split(","):
+        kind, objects, share = part.split(":")
+        mix.append((kind, int(objects), float(share)))
+    return tuple(mix)
 
 
 def settings_of(args):
@@ -197,9 +207,8 @@ def parse(argv=None):
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
                    help="finetune's random resized crop (off: the images as drawn)")
     p.add_argument("--patience", type=int, default=None, help="stop after N eligible epochs without a better val score")
-    p.add_argument("--full", type=float, default=0.3, help="share of one-object full captions")
-    p.add_argument("--attr", type=float, default=0.2, help="share of colour-only and of shape-only captions")
-    p.add_argument("--two", type=float, default=0.3, help="share of two-object scenes")
+    p.add_argument("--mix", default=MIX, help="training scenes: KIND:OBJECTS:SHARE,... (kinds: full, colour, "
+                   "shape, one, background; see shapes.captioned_scenes)")
     p.add_argument("--min-trained", type=float, default=0.9)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--fp16", action="store_true", help="save float16 weights (the test fixture)")

@@ -2,7 +2,7 @@
 hottest box with the true box; and how long each method takes per image (the image side only: the captions' text embeddings are
 computed before the clock starts)::
 
-    PYTHONPATH=$PWD python benchmarks/locate_quality.py                # 200 scenes, both methods
+    PYTHONPATH=$PWD python benchmarks/locate_quality.py                # 200 scenes, all three methods
     PYTHONPATH=$PWD python benchmarks/locate_quality.py --scenes 50 --json /tmp/locate.json
 
 Data: scenes from ``benchmarks/shapes.py`` (coloured shapes; every object's box is known), each
@@ -94,8 +94,8 @@ def score_method(loaded, scenes, settings, together: bool = True) -> dict:
             tally[1] += iou >= 0.5
             tally[2] += inside
     image = scenes[0].image
-    passes = (len(settings.scales) if method == "dense"
-              else len(crop_boxes(*image.size, *crop_settings(image, settings), settings.scales)))
+    crops = len(crop_boxes(*image.size, *crop_settings(image, settings), (1.0,) if method == "fused" else settings.scales))
+    passes = {"dense": len(settings.scales), "crops": crops, "fused": len(settings.scales) + crops}[method]
     return {
         "method": method, "captions": "together" if together else "alone", "objects": objects, "hit_rate": hits / objects,
         "pointing_rate": pointing / objects, "mean_iou": statistics.fmean(ious),
@@ -117,12 +117,12 @@ def main(argv=None) -> int:
     parser.add_argument("--patch", type=int, default=None, help="crops: default a third of the scene side")
     parser.add_argument("--stride", type=int, default=None, help="crops: default half the patch")
     parser.add_argument("--scales", default="1", help="crops: e.g. 1,0.5")
-    parser.add_argument("--dense-scales", default="1", help="dense: factors of --resolution, e.g. 0.67,1,1.33")
+    parser.add_argument("--dense-scales", default="1", help="dense and fused: factors of --resolution, e.g. 0.67,1,1.33")
     parser.add_argument("--threshold", type=float, default=None, help="box threshold (default: locate's)")
     parser.add_argument("--background", action="append", default=None,
                         help="background prompt (repeatable; default: locate's)")
     parser.add_argument("--no-background", action="store_true", help="no background prompt competes")
-    parser.add_argument("--methods", default="dense,crops")
+    parser.add_argument("--methods", default="dense,crops,fused")
     parser.add_argument("--json", default=None, help="also write every number here")
     args = parser.parse_args(argv)
 
@@ -157,8 +157,9 @@ def main(argv=None) -> int:
     for r in results:
         print(f"  {r['method']} {r['captions']}: " + ", ".join(
             f"{k} hit {v['hit_rate']:.0%} pointing {v['pointing_rate']:.0%}" for k, v in r["per_background"].items()))
-    if len(results) == 4:
-        dense, crops = results[0], results[2]  # captions together: one image, both labels
+    together = {r["method"]: r for r in results if r["captions"] == "together"}  # one image, both labels
+    if "dense" in together and "crops" in together:
+        dense, crops = together["dense"], together["crops"]
         print(f"dense is {crops['median_seconds_per_image'] / dense['median_seconds_per_image']:.1f}x faster per "
               f"image ({dense['forward_passes_per_image']} vs {crops['forward_passes_per_image']} forward passes)")
     best = max(results, key=lambda r: r["hit_rate"])

@@ -91,9 +91,16 @@ class Scene:
     objects: list[Obj] = field(default_factory=list)
     background: str = "black"
 
-    def caption(self, kind: str = "full", prefix: str = "a photo of ") -> str:
+    def caption(self, kind: str = "full", prefix: str = "a photo of ", which: int = 0) -> str:
         """``full``: "a photo of a red circle and a blue square."; ``colour``: "a photo of a red
-        object."; ``shape``: "a photo of a circle." (attribute captions describe the first object)."""
+        object."; ``shape``: "a photo of a circle." (attribute captions describe the first object);
+        ``one``: "a photo of a blue square." (only the object ``which`` of several is named);
+        ``background`` (a scene without objects): "a photo of a background."."""
+        if kind == "background" or not self.objects:
+            return f"{prefix}a background."
+        if kind == "one":
+            named = self.objects[which]
+            return f"{prefix}a {named.colour} {named.shape}."
         first = self.objects[0]
         if kind == "colour":
             return f"{prefix}a {first.colour} object."
@@ -203,7 +210,9 @@ def captioned_scenes(seed: int, n: int, pairs: Sequence[Pair], size: int = 64,
                      mix: Sequence[tuple[str, int, float]] = (("full", 1, 0.4), ("colour", 1, 0.15),
                                                              ("shape", 1, 0.15), ("full", 2, 0.3))
                      ) -> list[tuple[Scene, str]]:
-    """``n`` (scene, caption) examples; ``mix`` lists (caption kind, objects per image, share)."""
+    """``n`` (scene, caption) examples; ``mix`` lists (caption kind, objects per image, share):
+    kinds ``full``, ``colour``, ``shape``, ``one`` (one of the objects named, chosen at random) and
+    ``background`` (no objects)."""
     rng = random.Random(seed)
     kinds, weights = [(k, m) for k, m, _ in mix], [w for *_, w in mix]
     out = []
@@ -215,8 +224,11 @@ def captioned_scenes(seed: int, n: int, pairs: Sequence[Pair], size: int = 64,
             attr_pairs = [(ANY_COLOUR, s) for s in SHAPES]
         else:
             attr_pairs = list(pairs)
+        if kind == "background":
+            n_obj = 0
         scene = random_scene(rng, attr_pairs, n_obj, size)
-        out.append((scene, scene.caption(kind)))
+        which = rng.randrange(n_obj) if kind == "one" else 0
+        out.append((scene, scene.caption(kind, which=which)))
     return out
 
 

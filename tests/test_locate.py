@@ -267,6 +267,44 @@ def test_dense_refuses_resnet_towers_with_a_hint(tiny_loaded, scene):
     assert found.heatmaps[0].method == "crops"
 
 
+# --------------------------------------------------------------------------------- fused
+
+
+@pytest.mark.parametrize("labels,background,scales", [(LABELS2, BG1, (1.0,)), (["a red square"], (), (1.0, 0.5)),
+                                                      (LABELS2, (), (1.0,))])
+def test_fused_is_the_dense_map_times_the_crops_map(tiny_loaded, scene, labels, background, scales):
+    """fused = dense map (at --scales) x crops map (scale 1) resampled onto the dense cells; each
+    of the two is checked against its own reference above. A lone cosine map is first mapped
+    to [0, 1] so that two negatives do not make a hot cell."""
+    from zeroshot.tasks.locate import LocateSettings, locate
+    from zeroshot.tasks.regions import resample
+
+    image = Image.open(scene).convert("RGB")
+    common = dict(resolution=64, patch=40, stride=20, background=background)
+    run = {m: list(locate(tiny_loaded, [image], labels, settings=LocateSettings(method=m, scales=s, **common)))[0]
+           for m, s in (("fused", scales), ("dense", scales), ("crops", (1.0,)))}
+    for fused, dense, crops in zip(run["fused"].heatmaps, run["dense"].heatmaps, run["crops"].heatmaps):
+        on_dense = resample(crops.grid, dense.grid.x_edges, dense.grid.y_edges).values
+        if dense.kind == "cosine":
+            want = (dense.grid.values + 1) / 2 * (on_dense + 1) / 2
+        else:
+            want = dense.grid.values * on_dense
+        assert fused.method == "fused" and fused.kind == f"{dense.kind} product"
+        np.testing.assert_allclose(fused.grid.values, want, atol=1e-6)
+        assert list(fused.grid.x_edges) == list(dense.grid.x_edges)
+        assert (fused.grid.values >= 0).all() and (fused.grid.values <= 1).all()
+    assert run["fused"].heatmaps[0].kind == ("cosine product" if len(labels) + len(background) == 1
+                                             else "softmax product")
+
+
+def test_fused_needs_a_dense_tower(tiny_loaded, scene):
+    from zeroshot.encode.dense import DenseUnsupported
+    from zeroshot.tasks.locate import LocateSettings, locate
+
+    with pytest.raises(DenseUnsupported, match="--method fused does not apply .* use --method crops"):
+        list(locate(tiny_resnet_loaded(tiny_loaded), [str(scene)], ["a cat"], settings=LocateSettings(method="fused")))
+
+
 # --------------------------------------------------------------------------- competition
 
 
@@ -418,7 +456,7 @@ def test_refined_box_edges_fall_inside_coarse_cells():
     assert fine.score == 1.0 and 0.3 < fine.region_score < 1.0
 
 
-@pytest.mark.parametrize("method", ["dense", "crops"])
+@pytest.mark.parametrize("method", ["dense", "crops", "fused"])
 def test_default_threshold_is_per_method(tiny_loaded, scene, method):
     from zeroshot.tasks.locate import DEFAULT_THRESHOLDS, LocateSettings, locate
     from zeroshot.tasks.regions import hottest_box
@@ -426,7 +464,7 @@ def test_default_threshold_is_per_method(tiny_loaded, scene, method):
     [found] = list(locate(tiny_loaded, [str(scene)], LABELS2, settings=LocateSettings(method=method, patch=32)))
     for heat in found.heatmaps:
         assert heat.box == hottest_box(heat.grid, DEFAULT_THRESHOLDS[method])
-    assert DEFAULT_THRESHOLDS == {"dense": 0.3, "crops": 0.7}
+    assert DEFAULT_THRESHOLDS == {"dense": 0.3, "crops": 0.7, "fused": 0.3}
 
 
 def test_iou():
@@ -447,7 +485,7 @@ def png_ok(path, size):
     assert np.asarray(img.convert("L"), dtype=np.float32).var() > 10  # not blank
 
 
-@pytest.mark.parametrize("method,background", [("dense", []), ("crops", []), ("dense", ["--no-background"]),
+@pytest.mark.parametrize("method,background", [("dense", []), ("crops", []), ("fused", []), ("dense", ["--no-background"]),
                                                ("crops", ["--background", "a wall", "--background", "a floor"])])
 def test_cli_writes_pictures_grids_and_rows(tiny_ckpt, scene, tmp_path, method, background):
     from zeroshot.output.plots import heatmap_png_size

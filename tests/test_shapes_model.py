@@ -75,6 +75,21 @@ def test_held_out_pairs_never_appear_in_training_data():
         assert not any(f"{c} {s}" in caption for c, s in held)
 
 
+def test_one_of_several_and_background_captions():
+    mix = (("one", 2, 0.5), ("background", 0, 0.5))
+    examples_ = shapes.captioned_scenes(3, 60, shapes.split_pairs().train, mix=mix)
+    named = [(scene, caption) for scene, caption in examples_ if scene.objects]
+    empty = [(scene, caption) for scene, caption in examples_ if not scene.objects]
+    assert named and empty
+    assert {caption for _, caption in empty} == {"a photo of a background."}
+    firsts = 0
+    for scene, caption in named:
+        assert len(scene.objects) == 2
+        assert caption in {f"a photo of a {o.colour} {o.shape}." for o in scene.objects}
+        firsts += caption == f"a photo of a {scene.objects[0].colour} {scene.objects[0].shape}."
+    assert 0 < firsts < len(named)  # either object may be the one named
+
+
 # ------------------------------------------------------------------------- the trained model
 
 

@@ -41,7 +41,7 @@ from .options import (
 )
 
 METHOD_PANEL = "Method"
-Method = Enum("Method", {n: n for n in ("auto", "dense", "crops")}, type=str)  # type: ignore[misc]
+Method = Enum("Method", {n: n for n in ("auto", "dense", "crops", "fused")}, type=str)  # type: ignore[misc]
 
 
 def parse_scales(text: str) -> tuple[float, ...]:
@@ -78,8 +78,9 @@ def locate(
     method: Annotated[Method, typer.Option("--method", rich_help_panel=METHOD_PANEL,
         help="dense: one forward pass per image through a changed last block (k-k attention, no residual, no "
              "MLP; open_clip ViTs). "
-             "crops: encode overlapping crops (any model; one forward pass per crop). auto: dense where it "
-             "applies, else crops.")] = Method.auto,
+             "crops: encode overlapping crops (any model; one forward pass per crop). fused: the dense map "
+             "times the crops map (ViTs; both costs; the best boxes on the shapes benchmark). auto: dense where "
+             "it applies, else crops.")] = Method.auto,
     resolution: Annotated[Optional[int], typer.Option("--resolution", min=16, rich_help_panel=METHOD_PANEL,
         help="dense: the input's shorter side in pixels (position embeddings are interpolated); "
              "default twice the model's input size.")] = None,
@@ -88,12 +89,12 @@ def locate(
     stride: Annotated[Optional[int], typer.Option("--stride", min=1, rich_help_panel=METHOD_PANEL,
         help="crops: step between crops in pixels; default half of --patch.")] = None,
     scales: Annotated[str, typer.Option("--scales", rich_help_panel=METHOD_PANEL,
-        help="Factors to repeat the work at and average: crops: of --patch/--stride, e.g. 1,0.5; dense: of "
-             "--resolution, e.g. 0.67,1,1.33 (one forward pass each).")] = "1",
+        help="Factors to repeat the work at and average: crops: of --patch/--stride, e.g. 1,0.5; dense and "
+             "fused's dense part: of --resolution, e.g. 0.67,1,1.33 (one forward pass each).")] = "1",
     threshold: Annotated[Optional[float], typer.Option("--threshold", min=0.0, max=1.0, rich_help_panel=METHOD_PANEL,
         help="Box: the map refined 4x per cell side (bilinear), then the points scoring at least base + "
              "T*(max - base), base = the map's median (the background's level), connected to the hottest one; "
-             "default 0.3 for dense, 0.7 for crops.")] = None,
+             "default 0.3 for dense and fused, 0.7 for crops.")] = None,
     background: Annotated[Optional[list[str]], typer.Option("--background", rich_help_panel=PROMPT_PANEL,
         help="A background prompt that competes with the labels for every pixel and is not reported "
              "(repeatable); default: 'a photo of a background.'. Keeps empty regions from going to a label.")

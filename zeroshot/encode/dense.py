@@ -61,11 +61,11 @@ def dense_unsupported_reason(model: torch.nn.Module) -> str | None:
     return None
 
 
-def check_dense(loaded: LoadedModel) -> None:
+def check_dense(loaded: LoadedModel, method: str = "dense") -> None:
     """Raise :class:`DenseUnsupported` (one line, suggesting ``--method crops``) when needed."""
     reason = dense_unsupported_reason(loaded.model)
     if reason is not None:
-        raise DenseUnsupported(f"--method dense does not apply to {loaded.name}: {reason}; use --method crops")
+        raise DenseUnsupported(f"--method {method} does not apply to {loaded.name}: {reason}; use --method crops")
 
 
 def interpolate_positions(visual: torch.nn.Module, grid: tuple[int, int]) -> torch.Tensor:
