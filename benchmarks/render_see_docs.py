@@ -3,7 +3,8 @@
     PYTHONPATH=$PWD python benchmarks/render_see_docs.py            # the trained shapes model
 
 Writes ``docs/locate-scene.png`` (the generated scene), ``docs/locate-<method>-<caption>.png``
-(a heatmap per caption and method: both captions given together, so they compete) and
+(a heatmap per caption and method: dense, crops, and fused at scales 0.67,1,1.33; both captions
+given together, so they compete) and
 ``docs/similarity.png`` (four scenes x four captions, cosine similarities), running the same code
 as the commands (``zeroshot locate`` / ``zeroshot similarity --plot``). Model: the tiny CLIP
 trained on generated shapes (``tests/fixtures/shapes-tiny.safetensors``, architecture
@@ -53,8 +54,9 @@ def main(argv=None) -> int:
     scene = shapes.random_scene(rng, train, n_objects=2, size=args.size)
     scene.image.save(out / "locate-scene.png")
     captions = [TEMPLATE.format(f"{o.colour} {o.shape}") for o in scene.objects]
-    for method in ("dense", "crops"):
-        [found] = list(locate(loaded, [scene.image], captions, settings=LocateSettings(method=method)))
+    for method, scales in (("dense", (1.0,)), ("crops", (1.0,)), ("fused", (0.67, 1.0, 1.33))):
+        settings = LocateSettings(method=method, scales=scales)
+        [found] = list(locate(loaded, [scene.image], captions, settings=settings))
         found.path = f"locate-{method}"
         with tempfile.TemporaryDirectory() as tmp:
             for row in save_located(found, Path(tmp), OutputNames()):

@@ -110,10 +110,10 @@ def test_crop_boxes_cover_the_image():
 # --------------------------------------------------------------------------------- dense
 
 
-def reference_dense(model, pixels, pos):
+def reference_dense(model, pixels, pos, sharpness=1.0):
     """A plain forward through open_clip's VisionTransformer with the changed last block:
     patch embedding, position embeddings ``pos``, the unchanged blocks, then per head
-    softmax(k k^T / sqrt(d)) v, out_proj, no residual, no MLP; ln_post, proj, normalise."""
+    softmax(sharpness * k k^T / sqrt(d)) v, out_proj, no residual, no MLP; ln_post, proj, normalise."""
     visual = model.visual
     with torch.no_grad():
         x = visual.conv1(pixels)
@@ -133,7 +133,7 @@ def reference_dense(model, pixels, pos):
         outs = []
         for h in range(heads):
             kh, vh = k[..., h * d:(h + 1) * d], v[..., h * d:(h + 1) * d]
-            attn = torch.softmax(kh @ kh.transpose(1, 2) / d ** 0.5, dim=-1)
+            attn = torch.softmax(sharpness * (kh @ kh.transpose(1, 2)) / d ** 0.5, dim=-1)
             outs.append(attn @ vh)
         out = last.attn.out_proj(torch.cat(outs, dim=-1))
         out = visual.ln_post(out[:, 1:]) @ visual.proj
@@ -149,6 +149,19 @@ def test_dense_equals_reference_at_native_resolution(tiny_loaded):
     want = reference_dense(tiny_loaded.model, pixels, tiny_loaded.model.visual.positional_embedding)
     assert got.shape == (2, 4, 4, 32)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sharpness", [0.5, 2.0])
+def test_dense_sharpness_scales_the_attention_logits(tiny_loaded, sharpness):
+    from zeroshot.encode.dense import dense_features
+
+    torch.manual_seed(2)
+    pixels = torch.randn(2, 3, 32, 32)
+    got = dense_features(tiny_loaded, pixels, sharpness)
+    want = reference_dense(tiny_loaded.model, pixels, tiny_loaded.model.visual.positional_embedding, sharpness)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    plain = dense_features(tiny_loaded, pixels)
+    assert (got - plain).abs().max() > 1e-3  # it changes the features
 
 
 def test_dense_equals_reference_at_a_larger_resolution(tiny_loaded):
@@ -273,7 +286,7 @@ def test_dense_refuses_resnet_towers_with_a_hint(tiny_loaded, scene):
 @pytest.mark.parametrize("labels,background,scales", [(LABELS2, BG1, (1.0,)), (["a red square"], (), (1.0, 0.5)),
                                                       (LABELS2, (), (1.0,))])
 def test_fused_is_the_dense_map_times_the_crops_map(tiny_loaded, scene, labels, background, scales):
-    """fused = dense map (at --scales) x crops map (scale 1) resampled onto the dense cells; each
+    """fused = dense map (sharpness 2) x crops map resampled onto the dense cells, both at --scales; each
     of the two is checked against its own reference above. A lone cosine map is first mapped
     to [0, 1] so that two negatives do not make a hot cell."""
     from zeroshot.tasks.locate import LocateSettings, locate
@@ -281,8 +294,9 @@ def test_fused_is_the_dense_map_times_the_crops_map(tiny_loaded, scene, labels, 
 
     image = Image.open(scene).convert("RGB")
     common = dict(resolution=64, patch=40, stride=20, background=background)
-    run = {m: list(locate(tiny_loaded, [image], labels, settings=LocateSettings(method=m, scales=s, **common)))[0]
-           for m, s in (("fused", scales), ("dense", scales), ("crops", (1.0,)))}
+    run = {m: list(locate(tiny_loaded, [image], labels, settings=LocateSettings(method=m, scales=s, **common,
+                                                                                **extra)))[0]
+           for m, s, extra in (("fused", scales, {}), ("dense", scales, {"sharpness": 2.0}), ("crops", scales, {}))}
     for fused, dense, crops in zip(run["fused"].heatmaps, run["dense"].heatmaps, run["crops"].heatmaps):
         on_dense = resample(crops.grid, dense.grid.x_edges, dense.grid.y_edges).values
         if dense.kind == "cosine":
@@ -558,6 +572,7 @@ def test_cli_says_how_to_install_matplotlib(monkeypatch, tiny_ckpt, scene, tmp_p
     (["--method", "dense", "--resolution", "8"], "--resolution"),
     (["--background", "a wall", "--no-background"], "contradict"),
     (["--background", " "], "--background"),
+    (["--method", "fused", "--sharpness", "0"], "--sharpness"),
     ([], "no labels given"),
 ])
 def test_cli_refuses_bad_options(tiny_ckpt, scene, tmp_path, args, message):

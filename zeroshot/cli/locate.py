@@ -89,12 +89,16 @@ def locate(
     stride: Annotated[Optional[int], typer.Option("--stride", min=1, rich_help_panel=METHOD_PANEL,
         help="crops: step between crops in pixels; default half of --patch.")] = None,
     scales: Annotated[str, typer.Option("--scales", rich_help_panel=METHOD_PANEL,
-        help="Factors to repeat the work at and average: crops: of --patch/--stride, e.g. 1,0.5; dense and "
-             "fused's dense part: of --resolution, e.g. 0.67,1,1.33 (one forward pass each).")] = "1",
+        help="Factors to repeat the work at and average: crops: of --patch/--stride, e.g. 1,0.5; dense: of "
+             "--resolution, e.g. 0.67,1,1.33 (one forward pass each); fused: both.")] = "1",
     threshold: Annotated[Optional[float], typer.Option("--threshold", min=0.0, max=1.0, rich_help_panel=METHOD_PANEL,
         help="Box: the map refined 4x per cell side (bilinear), then the points scoring at least base + "
              "T*(max - base), base = the map's median (the background's level), connected to the hottest one; "
              "default 0.3 for dense and fused, 0.7 for crops.")] = None,
+    sharpness: Annotated[Optional[float], typer.Option("--sharpness",
+        rich_help_panel=METHOD_PANEL,
+        help="dense and fused: factor on the changed block's attention logits (larger: each patch pools over "
+             "fewer, more similar patches); default 1 for dense, 2 for fused.")] = None,
     background: Annotated[Optional[list[str]], typer.Option("--background", rich_help_panel=PROMPT_PANEL,
         help="A background prompt that competes with the labels for every pixel and is not reported "
              "(repeatable); default: 'a photo of a background.'. Keeps empty regions from going to a label.")
@@ -140,7 +144,7 @@ def locate(
         if no_background and background:
             raise UsageError("--background and --no-background contradict each other; give one")
         settings = LocateSettings(method.value, resolution, patch, stride, parse_scales(scales), threshold,
-                                  batch_size, max_pixels, locate_background(background, no_background))
+                                  batch_size, max_pixels, locate_background(background, no_background), sharpness)
         template_set = resolve_templates(templates)
         fmt = choose_format(output_format.value, output, sys.stdout.isatty())
         require_parent("--output", output)

@@ -9,7 +9,7 @@ attention (NACLIP's, without its Gaussian window) in ClearCLIP's stripped block:
     x      = blocks[:-1](embed(pixels))                 # unchanged
     y      = ln_1(x)
     k, v   = y W_k + b_k,  y W_v + b_v                  # per head
-    tokens = out_proj(softmax(k k^T / sqrt(d)) v)       # k-k attention, no residual, no MLP
+    tokens = out_proj(softmax(s k k^T / sqrt(d)) v)     # k-k attention, no residual, no MLP (s = 1)
     dense  = normalise(ln_post(tokens[1:]) @ proj)      # patch tokens -> joint space
 
 Why this one: one changed block, no new parameters, one forward pass, like MaskCLIP and
@@ -102,9 +102,9 @@ def embed_patches(visual: torch.nn.Module, pixels: torch.Tensor) -> tuple[torch.
     return visual.ln_pre(x), grid
 
 
-def dense_block(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The changed last block: k-k attention on ``ln_1(x)``, output projection, layer scale;
-    no residual, no MLP."""
+def dense_block(block: torch.nn.Module, x: torch.Tensor, sharpness: float = 1.0) -> torch.Tensor:
+    """The changed last block: k-k attention on ``ln_1(x)`` (logits times ``sharpness``),
+    output projection, layer scale; no residual, no MLP."""
     attn = block.attn
     y = block.ln_1(x)
     _, k, v = F.linear(y, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
@@ -112,14 +112,17 @@ def dense_block(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     heads = attn.num_heads
     k = k.reshape(batch, tokens, heads, width // heads).transpose(1, 2)
     v = v.reshape(batch, tokens, heads, width // heads).transpose(1, 2)
-    out = F.scaled_dot_product_attention(k, k, v)  # softmax(k k^T / sqrt(d)) v
+    scale = sharpness / (width // heads) ** 0.5
+    out = F.scaled_dot_product_attention(k, k, v, scale=scale)  # softmax(sharpness * k k^T / sqrt(d)) v
     out = out.transpose(1, 2).reshape(batch, tokens, width)
     return block.ls_1(attn.out_proj(out))
 
 
-def dense_features(loaded: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
+def dense_features(loaded: LoadedModel, pixels: torch.Tensor, sharpness: float = 1.0) -> torch.Tensor:
     """L2-normalised float32 patch embeddings ``[B, gh, gw, dim]`` (on the CPU) for normalised
-    ``pixels`` ``[B, 3, H, W]`` whose sides are multiples of the patch size."""
+    ``pixels`` ``[B, 3, H, W]`` whose sides are multiples of the patch size; ``sharpness``
+    multiplies the last block's k-k attention logits (1: the formula above; larger: each patch
+    pools over fewer, more similar patches)."""
     check_dense(loaded)
     visual = loaded.model.visual
     with torch.inference_mode(), loaded.autocast():
@@ -127,7 +130,7 @@ def dense_features(loaded: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
         *blocks, last = visual.transformer.resblocks
         for block in blocks:
             x = block(x)
-        x = visual.ln_post(dense_block(last, x)[:, 1:])
+        x = visual.ln_post(dense_block(last, x, sharpness)[:, 1:])
         if visual.proj is not None:
             x = x @ visual.proj
     return normalize(x.float()).reshape(x.shape[0], grid[0], grid[1], -1).cpu()

@@ -18,10 +18,13 @@ resampled onto the finest grid and averaged.
 ``scales``), each encoded like any image (the model's own preprocessing, through
 :func:`~zeroshot.encode.embed.embed_images`), each crop's score added to every pixel it covers and
 averaged; works with every model, costs one forward pass per crop.
-``fused`` (open_clip ViTs): the dense map (at ``scales``) times the crops map (at scale 1, resampled
-bilinearly onto the dense cells), so a cell is hot only where both agree: the crops recognise whole
+``fused`` (open_clip ViTs): the dense map times the crops map (both at every factor of ``scales``,
+the crops' map resampled bilinearly onto the dense cells), so a cell is hot only where both agree: the crops recognise whole
 objects and so put out the dense map's stray hot spots on a neighbouring object, the dense map
-sharpens the crops' blurred edges. It costs both. A lone label's cosine maps are first mapped to
+sharpens the crops' blurred edges. It costs both. Since the crops do the recognising, the dense
+part runs with sharper attention (``sharpness`` 2 by default, 1 for ``dense``; see
+:func:`~zeroshot.encode.dense.dense_features`): each patch pools over fewer, more similar patches,
+which tightens boxes but moves more peaks off their object, good only when the crops check them. A lone label's cosine maps are first mapped to
 [0, 1] (``(cos + 1) / 2``) so that two negatives cannot make a hot cell. On the shapes benchmark
 (``benchmarks/locate_quality.py``) it finds more objects than either method alone.
 
@@ -45,7 +48,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +75,9 @@ DEFAULT_BACKGROUND = ("a photo of a background.",)
 # The box threshold per method when none is given: the dense maps are sharp, the crops' maps are
 # averages over overlapping crops, so blurrier (chosen on the shapes benchmark's tuning scenes).
 DEFAULT_THRESHOLDS = {"dense": 0.3, "crops": 0.7, "fused": 0.3}
+# The dense pass's attention sharpness per method when none is given: fused leaves recognition to
+# the crops, so its dense part may pool over fewer patches for sharper edges (see the docstring).
+DEFAULT_SHARPNESS = {"dense": 1.0, "fused": 2.0}
 
 ProgressHook = Callable[[int, int], None]  # (done, total) images
 SkipHook = Callable[[str, str], None]  # (path, "code: detail")
@@ -86,7 +92,8 @@ class LocateSettings:
     the crops at these factors of ``patch`` and ``stride`` (crops), or the dense pass at these
     factors of ``resolution`` (dense). ``threshold``: see
     :func:`~zeroshot.tasks.regions.hottest_box` (default per method, ``DEFAULT_THRESHOLDS``). ``background``: prompts that compete with the
-    labels and are not reported (see the module docstring)."""
+    labels and are not reported (see the module docstring). ``sharpness``: the dense pass's
+    attention sharpness (default per method, ``DEFAULT_SHARPNESS``)."""
 
     method: str = "auto"
     resolution: int | None = None
@@ -97,6 +104,7 @@ class LocateSettings:
     batch_size: int | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     background: tuple[str, ...] = DEFAULT_BACKGROUND
+    sharpness: float | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -109,6 +117,8 @@ class LocateSettings:
             raise UsageError(f"--scales {','.join(map(str, self.scales))}: give positive factors, e.g. 1,0.5")
         if any(not text.strip() for text in self.background):
             raise UsageError("--background: an empty text cannot compete; give a prompt or use --no-background")
+        if self.sharpness is not None and not self.sharpness > 0:
+            raise UsageError(f"--sharpness {self.sharpness} must be a positive factor, e.g. 2")
         if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise UsageError(f"--threshold {self.threshold} must be between 0 and 1")
 
@@ -296,9 +306,9 @@ def dense_pixels(loaded: LoadedModel, image: Image.Image, resolution: int) -> to
 
 
 def dense_scale_grids(loaded: LoadedModel, image: Image.Image, weights: torch.Tensor, resolution: int,
-                      labels: int) -> tuple[list[ScoreGrid], str]:
+                      labels: int, sharpness: float = 1.0) -> tuple[list[ScoreGrid], str]:
     """One grid per label from one dense forward pass at ``resolution``."""
-    features = dense_features(loaded, dense_pixels(loaded, image, resolution))[0]  # [gh, gw, dim]
+    features = dense_features(loaded, dense_pixels(loaded, image, resolution), sharpness)[0]  # [gh, gw, dim]
     rows, cols, dim = features.shape
     scores, kind = label_scores(features.reshape(-1, dim) @ weights.float().T, loaded, labels)
     values = scores.T.reshape(-1, rows, cols).numpy()
@@ -307,11 +317,13 @@ def dense_scale_grids(loaded: LoadedModel, image: Image.Image, weights: torch.Te
 
 
 def dense_grids(loaded: LoadedModel, image: Image.Image, weights: torch.Tensor, settings: LocateSettings,
-                labels: int) -> tuple[list[ScoreGrid], str]:
+                labels: int, method: str = "dense") -> tuple[list[ScoreGrid], str]:
     """One grid per label by the dense method: one forward pass per scale; several scales are
-    resampled onto the finest grid (bilinear between cell centres) and averaged."""
+    resampled onto the finest grid (bilinear between cell centres) and averaged. ``method``
+    picks the default sharpness (``DEFAULT_SHARPNESS``) when the settings give none."""
     resolution = settings.resolution or 2 * native_size(loaded)
-    passes = [dense_scale_grids(loaded, image, weights, max(1, round(resolution * s)), labels)
+    sharpness = DEFAULT_SHARPNESS[method] if settings.sharpness is None else settings.sharpness
+    passes = [dense_scale_grids(loaded, image, weights, max(1, round(resolution * s)), labels, sharpness)
               for s in settings.scales]
     kind = passes[0][1]
     if len(passes) == 1:
@@ -334,10 +346,10 @@ def as_evidence(values: np.ndarray, kind: str) -> np.ndarray:
 
 def fused_grids(loaded: LoadedModel, image: Image.Image, weights: torch.Tensor, settings: LocateSettings,
                 labels: int) -> tuple[list[ScoreGrid], str]:
-    """One grid per label by the fused method: the dense map (at ``settings.scales``) times the
-    crops map (at scale 1) resampled onto the dense grid (see the module docstring)."""
-    dense, kind = dense_grids(loaded, image, weights, settings, labels)
-    crops, _ = crops_grids(loaded, image, weights, replace(settings, scales=(1.0,)), labels)
+    """One grid per label by the fused method: the dense map times the crops map (both at
+    ``settings.scales``) resampled onto the dense grid (see the module docstring)."""
+    dense, kind = dense_grids(loaded, image, weights, settings, labels, "fused")
+    crops, _ = crops_grids(loaded, image, weights, settings, labels)
     fused = []
     for d, c in zip(dense, crops):
         on_dense = resample(c, d.x_edges, d.y_edges).values
