@@ -303,11 +303,12 @@ def test_fused_is_the_dense_map_times_the_crops_map(tiny_loaded, scene, labels, 
             want = (dense.grid.values + 1) / 2 * (on_dense + 1) / 2
         else:
             want = dense.grid.values * on_dense
-        assert fused.method == "fused" and fused.kind == f"{dense.kind} product"
+        assert fused.method == "fused"
+        assert fused.kind == ("(cosine+1)/2 product" if dense.kind == "cosine" else f"{dense.kind} product")
         np.testing.assert_allclose(fused.grid.values, want, atol=1e-6)
         assert list(fused.grid.x_edges) == list(dense.grid.x_edges)
         assert (fused.grid.values >= 0).all() and (fused.grid.values <= 1).all()
-    assert run["fused"].heatmaps[0].kind == ("cosine product" if len(labels) + len(background) == 1
+    assert run["fused"].heatmaps[0].kind == ("(cosine+1)/2 product" if len(labels) + len(background) == 1
                                              else "softmax product")
 
 
@@ -573,6 +574,7 @@ def test_cli_says_how_to_install_matplotlib(monkeypatch, tiny_ckpt, scene, tmp_p
     (["--background", "a wall", "--no-background"], "contradict"),
     (["--background", " "], "--background"),
     (["--method", "fused", "--sharpness", "0"], "--sharpness"),
+    (["--method", "fused", "--sharpness", "inf"], "--sharpness"),
     ([], "no labels given"),
 ])
 def test_cli_refuses_bad_options(tiny_ckpt, scene, tmp_path, args, message):

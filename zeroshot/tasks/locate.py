@@ -46,6 +46,7 @@ together; ``benchmarks/locate_quality.py``).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -86,7 +87,7 @@ SkipHook = Callable[[str, str], None]  # (path, "code: detail")
 @dataclass(frozen=True)
 class LocateSettings:
     """How heatmaps are computed. ``method``: ``auto`` (dense where the model allows it, else
-    crops), ``dense`` or ``crops``. ``resolution``: dense input's shorter side in pixels (default
+    crops), ``dense``, ``crops`` or ``fused``. ``resolution``: dense input's shorter side in pixels (default
     twice the model's input size). ``patch``/``stride``: crop size and step in pixels of the
     original image (default a third of the shorter side, and half the patch); ``scales`` repeats
     the crops at these factors of ``patch`` and ``stride`` (crops), or the dense pass at these
@@ -117,7 +118,7 @@ class LocateSettings:
             raise UsageError(f"--scales {','.join(map(str, self.scales))}: give positive factors, e.g. 1,0.5")
         if any(not text.strip() for text in self.background):
             raise UsageError("--background: an empty text cannot compete; give a prompt or use --no-background")
-        if self.sharpness is not None and not self.sharpness > 0:
+        if self.sharpness is not None and not (math.isfinite(self.sharpness) and self.sharpness > 0):
             raise UsageError(f"--sharpness {self.sharpness} must be a positive factor, e.g. 2")
         if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise UsageError(f"--threshold {self.threshold} must be between 0 and 1")
@@ -126,7 +127,7 @@ class LocateSettings:
 @dataclass
 class Heatmap:
     """One label's map over one image: the ``grid`` of scores, what they are (``kind``: cosine,
-    softmax or sigmoid), the ``method`` and the ``box`` around the hottest region."""
+    softmax or sigmoid; for fused "<kind> product", a lone cosine as "(cosine+1)/2 product"), the ``method`` and the ``box`` around the hottest region."""
 
     label: str
     method: str
@@ -317,12 +318,12 @@ def dense_scale_grids(loaded: LoadedModel, image: Image.Image, weights: torch.Te
 
 
 def dense_grids(loaded: LoadedModel, image: Image.Image, weights: torch.Tensor, settings: LocateSettings,
-                labels: int, method: str = "dense") -> tuple[list[ScoreGrid], str]:
+                labels: int, sharpness: float = DEFAULT_SHARPNESS["dense"]) -> tuple[list[ScoreGrid], str]:
     """One grid per label by the dense method: one forward pass per scale; several scales are
-    resampled onto the finest grid (bilinear between cell centres) and averaged. ``method``
-    picks the default sharpness (``DEFAULT_SHARPNESS``) when the settings give none."""
+    resampled onto the finest grid (bilinear between cell centres) and averaged. ``sharpness``
+    applies when the settings give none."""
     resolution = settings.resolution or 2 * native_size(loaded)
-    sharpness = DEFAULT_SHARPNESS[method] if settings.sharpness is None else settings.sharpness
+    sharpness = sharpness if settings.sharpness is None else settings.sharpness
     passes = [dense_scale_grids(loaded, image, weights, max(1, round(resolution * s)), labels, sharpness)
               for s in settings.scales]
     kind = passes[0][1]
@@ -348,14 +349,14 @@ def fused_grids(loaded: LoadedModel, image: Image.Image, weights: torch.Tensor, 
                 labels: int) -> tuple[list[ScoreGrid], str]:
     """One grid per label by the fused method: the dense map times the crops map (both at
     ``settings.scales``) resampled onto the dense grid (see the module docstring)."""
-    dense, kind = dense_grids(loaded, image, weights, settings, labels, "fused")
+    dense, kind = dense_grids(loaded, image, weights, settings, labels, DEFAULT_SHARPNESS["fused"])
     crops, _ = crops_grids(loaded, image, weights, settings, labels)
     fused = []
     for d, c in zip(dense, crops):
         on_dense = resample(c, d.x_edges, d.y_edges).values
         values = as_evidence(d.values, kind) * as_evidence(on_dense, kind)
         fused.append(ScoreGrid(values.astype(np.float32), d.x_edges, d.y_edges))
-    return fused, kind
+    return fused, f"{'(cosine+1)/2' if kind == 'cosine' else kind} product"
 
 
 # ------------------------------------------------------------------------------------- locate
@@ -363,12 +364,10 @@ def fused_grids(loaded: LoadedModel, image: Image.Image, weights: torch.Tensor, 
 
 def heatmaps_for(loaded: LoadedModel, image: Image.Image, labels: Sequence[str], weights: torch.Tensor,
                  settings: LocateSettings, method: str) -> list[Heatmap]:
-    """A heatmap per label for one image, by ``method`` (``dense`` or ``crops``); ``weights``
+    """A heatmap per label for one image, by ``method`` (``dense``, ``crops`` or ``fused``); ``weights``
     holds the labels' class weights, then the backgrounds' (``settings.background``)."""
     compute = {"dense": dense_grids, "crops": crops_grids, "fused": fused_grids}[method]
     grids, kind = compute(loaded, to_rgb(image), weights, settings, len(labels))
-    if method == "fused":
-        kind = f"{kind} product"
     threshold = DEFAULT_THRESHOLDS[method] if settings.threshold is None else settings.threshold
     return [Heatmap(label, method, kind, grid, hottest_box(grid, threshold))
             for label, grid in zip(labels, grids)]
