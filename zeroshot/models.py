@@ -73,7 +73,7 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)  # what the checks changed, for the summary
     # Class weights for the image check's top-1 comparison (set by the classifier; optional).
     check_weights: torch.Tensor | None = None
-    # Where the image tower runs: "torch", or "openvino" (``image_runtime`` is then the
+    # Where the image tower runs: "torch", "openvino" or "compile" (``image_runtime`` is then the
     # compiled tower; see zeroshot/runtimes.py). A failed first-batch check returns to torch.
     runtime: str = "torch"
     image_runtime: Any = None
@@ -603,12 +603,14 @@ def _ready(net: torch.nn.Module, tokenizer: Callable, preprocess: Callable, ref:
     asked = requested_runtime(runtime)
     runtime = resolve_runtime(asked, device.type, precision, ref.backend)
     # Converted from the fp32 weights, before an explicit bf16 converts them.
-    image_runtime = _image_runtime(net, ref, precision, runtime, asked != "auto") if runtime != "torch" else None
+    image_runtime = _image_runtime(net, ref, precision, runtime, asked != "auto") if runtime == "openvino" else None
     reduced = None
     if precision == "bf16" and device.type == "cpu":
         # An explicit bf16 converts the weights; ``auto`` keeps fp32 beside them for its check.
         explicit = requested == "bf16"
         reduced = _bf16_weights(net) if explicit else _bf16_weights(copy.deepcopy(net))
+    if runtime == "compile":
+        image_runtime = _compiled_tower(reduced if reduced is not None else net, precision, device)
     return LoadedModel(
         model=net,
         tokenizer=tokenizer,
@@ -638,6 +640,18 @@ def _image_runtime(net: torch.nn.Module, ref: WeightsRef, precision: str, runtim
         if explicit:
             raise
         return None
+
+
+def _compiled_tower(tower: torch.nn.Module, precision: str, device: torch.device) -> Any:
+    """``tower``'s image side through ``torch.compile``: bf16 input for the CPU's bf16 weights,
+    else float32 input under the precision's autocast (a no-op at fp32)."""
+    import torch
+
+    from .runtimes import CompiledImageTower
+
+    if device.type == "cpu" and precision == "bf16":
+        return CompiledImageTower(tower, torch.bfloat16, contextlib.nullcontext)
+    return CompiledImageTower(tower, torch.float32, lambda: autocast(precision, device))
 
 
 def _image_size(net: torch.nn.Module) -> tuple[int, int]:

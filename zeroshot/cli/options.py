@@ -46,8 +46,9 @@ PrecisionOpt = Annotated[Precision, typer.Option("--precision", envvar="ZEROSHOT
     help="auto: on a CPU with native bf16 (AVX-512 BF16/AMX) bf16, checked against fp32 on the first batch "
          "(fp32 for the rest if it disagrees), else fp32; bf16 (or fp16) autocast on GPU. fp32 is exact.")]
 RuntimeOpt = Annotated[Runtime, typer.Option("--runtime", envvar="ZEROSHOT_RUNTIME", rich_help_panel=MODEL_PANEL,
-    help="Where the image tower runs on a CPU: torch, or openvino (needs zeroshot[openvino]). auto: OpenVINO for a "
-         "bf16 image tower when it is installed (checked against fp32 like any auto bf16), else torch.")]
+    help="Where the image tower runs: torch, openvino (CPU; needs zeroshot[openvino]), or compile (torch.compile, "
+         "any device; the first batch pays the compilation). auto: OpenVINO for a bf16 image tower on a CPU when "
+         "it is installed (checked against fp32 like any auto bf16), else torch.")]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, rich_help_panel=MODEL_PANEL,
     help="Images per forward pass (default: 32 on CPU, 256 on GPU).")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", "-j", min=0, rich_help_panel=MODEL_PANEL,

@@ -120,7 +120,7 @@ class EvalResult:
     device: str = "cpu"
     precision: str = "fp32"  # the image tower's (after an ``auto`` check)
     text_precision: str = "fp32"
-    runtime: str = "torch"  # where the image tower ran (torch or openvino)
+    runtime: str = "torch"  # where the image tower ran (torch, openvino or compile)
     precision_notes: list[str] = field(default_factory=list)  # what the ``auto`` checks changed
     images_encoded: int = 0  # run through the model in this run
     images_from_store: int = 0  # read from the embedding store

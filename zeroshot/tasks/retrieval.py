@@ -55,7 +55,7 @@ class RetrievalResult:
     image_seconds: float
     device: str = "cpu"
     precision: str = "fp32"
-    runtime: str = "torch"  # where the image tower ran (torch or openvino)
+    runtime: str = "torch"  # where the image tower ran (torch, openvino or compile)
     images_encoded: int = 0
     images_from_store: int = 0
 
