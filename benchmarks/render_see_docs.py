@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             for row in save_located(found, Path(tmp), OutputNames()):
                 name = out / f"locate-{method}-{row.label.removeprefix('a photo of a ').rstrip('.').replace(' ', '-')}.png"
-                Path(row.heatmap).replace(name)
+                shutil.move(row.heatmap, name)  # /tmp may be another file system
                 print(f"{name}: box {row.box.x0},{row.box.y0},{row.box.x1},{row.box.y1} score {row.box.score:.3f}")
         for obj in scene.objects:
             print(f"  true box of {obj.colour} {obj.shape}: {obj.box}")

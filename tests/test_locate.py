@@ -312,6 +312,36 @@ def test_fused_is_the_dense_map_times_the_crops_map(tiny_loaded, scene, labels, 
                                              else "softmax product")
 
 
+def test_fused_sigmoid_models_multiply_probabilities(tiny_sigmoid_ckpt, scene):
+    """SigLIP-style maps are probabilities already: fused multiplies them as they are."""
+    from zeroshot.models import load_model
+    from zeroshot.tasks.locate import LocateSettings, locate
+    from zeroshot.tasks.regions import resample
+
+    loaded = load_model("zs-tiny-sigmoid", str(tiny_sigmoid_ckpt), device="cpu", precision="fp32")
+    common = dict(resolution=64, patch=40, stride=20)
+    maps = {m: list(locate(loaded, [str(scene)], LABELS2, settings=LocateSettings(method=m, **common, **extra)))[0]
+            for m, extra in (("fused", {}), ("dense", {"sharpness": 2.0}), ("crops", {}))}
+    for fused, dense, crops in zip(*(maps[m].heatmaps for m in ("fused", "dense", "crops"))):
+        assert dense.kind == "sigmoid" and fused.kind == "sigmoid product"
+        want = dense.grid.values * resample(crops.grid, dense.grid.x_edges, dense.grid.y_edges).values
+        np.testing.assert_allclose(fused.grid.values, want, atol=1e-6)
+
+
+def test_cli_sharpness_reaches_the_dense_pass(tiny_ckpt, scene, tmp_path):
+    rows = {}
+    for sharpness in ("1", "2", None):
+        out = tmp_path / f"rows-{sharpness}.json"
+        extra = ["--sharpness", sharpness] if sharpness else []
+        result = cli_strict("locate", scene, "-l", "a cat", "-l", "a dog", "--method", "fused", "--patch", "32",
+                            "--no-plot", "--out", tmp_path / f"m-{sharpness}", "-o", out, *extra,
+                            *tiny_cli_args(tiny_ckpt))
+        assert result.exit_code == 0, result.output
+        rows[sharpness] = [np.load(r["grid"]) for r in json.loads(out.read_text())]
+    assert all(np.array_equal(a, b) for a, b in zip(rows["2"], rows[None]))  # fused's default is 2
+    assert not all(np.allclose(a, b) for a, b in zip(rows["1"], rows[None]))
+
+
 def test_fused_needs_a_dense_tower(tiny_loaded, scene):
     from zeroshot.encode.dense import DenseUnsupported
     from zeroshot.tasks.locate import LocateSettings, locate
