@@ -45,7 +45,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "tests" / "model_configs"
 TEMPLATES = "photo"  # "a photo of a {}.", the form of the training captions
 MIX = "full:1:0.3,colour:1:0.2,shape:1:0.2,full:2:0.3"  # the default recipe (see shapes.captioned_scenes)
-MIX_KINDS = ("full", "colour", "shape", "one", "background")
 
 
 def write_images(folder: Path, scenes) -> list[str]:
@@ -89,8 +88,8 @@ def parse_mix(text: str) -> tuple[tuple[str, int, float], ...]:
     mix = []
     for part in text.split(","):
         kind, objects, share = part.split(":")
-        if kind not in MIX_KINDS:
-            raise SystemExit(f"--mix: unknown kind {kind!r} (one of {', '.join(MIX_KINDS)})")
+        if kind not in shapes.CAPTION_KINDS:
+            raise SystemExit(f"--mix: unknown kind {kind!r} (one of {', '.join(shapes.CAPTION_KINDS)})")
         mix.append((kind, int(objects), float(share)))
     return tuple(mix)
 

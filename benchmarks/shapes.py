@@ -40,6 +40,7 @@ SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "dia
 # ("a photo of a red object."), so each attribute is learned apart from the other.
 ANY_COLOUR, BLOB = "any", "blob"
 BACKGROUNDS: tuple[str, ...] = ("black", "gray", "noise", "stripes")
+CAPTION_KINDS: tuple[str, ...] = ("full", "colour", "shape", "one", "background")  # see captioned_scenes
 
 Pair = tuple[str, str]  # (colour, shape)
 

@@ -87,8 +87,8 @@ def resolve_runtime(spec: str | None, device_type: str, precision: str, backend:
 
 class CompiledImageTower:
     """An image tower through ``torch.compile``: ``encode_image(pixels) -> features`` like the
-    module's. ``dtype``: the input dtype the module takes; ``precision``/``device``: autocast
-    where the module runs mixed precision (``autocast=True``)."""
+    module's. ``dtype``: the input dtype the module takes; ``autocast``: a callable returning the
+    context each call runs in (mixed precision on a GPU, else a no-op)."""
 
     def __init__(self, module: torch.nn.Module, dtype: torch.dtype, autocast: Any) -> None:
         import torch

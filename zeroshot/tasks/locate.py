@@ -18,14 +18,15 @@ resampled onto the finest grid and averaged.
 ``scales``), each encoded like any image (the model's own preprocessing, through
 :func:`~zeroshot.encode.embed.embed_images`), each crop's score added to every pixel it covers and
 averaged; works with every model, costs one forward pass per crop.
-``fused`` (open_clip ViTs): the dense map times the crops map (both at every factor of ``scales``,
-the crops' map resampled bilinearly onto the dense cells), so a cell is hot only where both agree: the crops recognise whole
-objects and so put out the dense map's stray hot spots on a neighbouring object, the dense map
-sharpens the crops' blurred edges. It costs both. Since the crops do the recognising, the dense
-part runs with sharper attention (``sharpness`` 2 by default, 1 for ``dense``; see
-:func:`~zeroshot.encode.dense.dense_features`): each patch pools over fewer, more similar patches,
-which tightens boxes but moves more peaks off their object, good only when the crops check them. A lone label's cosine maps are first mapped to
-[0, 1] (``(cos + 1) / 2``) so that two negatives cannot make a hot cell. On the shapes benchmark
+``fused`` (open_clip ViTs): the dense map times the crops map (both at every factor of
+``scales``, the crops' map resampled bilinearly onto the dense cells), so a cell is hot only where
+both agree: the crops recognise whole objects and so put out the dense map's stray hot spots on a
+neighbouring object, the dense map sharpens the crops' blurred edges. It costs both. Since the
+crops do the recognising, the dense part runs with sharper attention (``sharpness`` 2 by default,
+1 for ``dense``; see :func:`~zeroshot.encode.dense.dense_features`): each patch pools over fewer,
+more similar patches, which tightens boxes but moves more peaks off their object, good only when
+the crops check them. A lone label's cosine maps are first mapped to [0, 1] (``(cos + 1) / 2``)
+so that two negatives cannot make a hot cell. On the shapes benchmark
 (``benchmarks/locate_quality.py``) it finds more objects than either method alone.
 
 **Scores.** With one label the map is the cosine similarity to the label's text embedding. With
@@ -87,8 +88,8 @@ SkipHook = Callable[[str, str], None]  # (path, "code: detail")
 @dataclass(frozen=True)
 class LocateSettings:
     """How heatmaps are computed. ``method``: ``auto`` (dense where the model allows it, else
-    crops), ``dense``, ``crops`` or ``fused``. ``resolution``: dense input's shorter side in pixels (default
-    twice the model's input size). ``patch``/``stride``: crop size and step in pixels of the
+    crops), ``dense``, ``crops`` or ``fused``. ``resolution``: dense input's shorter side in pixels
+    (default twice the model's input size). ``patch``/``stride``: crop size and step in pixels of the
     original image (default a third of the shorter side, and half the patch); ``scales`` repeats
     the crops at these factors of ``patch`` and ``stride`` (crops), or the dense pass at these
     factors of ``resolution`` (dense). ``threshold``: see
@@ -127,7 +128,8 @@ class LocateSettings:
 @dataclass
 class Heatmap:
     """One label's map over one image: the ``grid`` of scores, what they are (``kind``: cosine,
-    softmax or sigmoid; for fused "<kind> product", a lone cosine as "(cosine+1)/2 product"), the ``method`` and the ``box`` around the hottest region."""
+    softmax or sigmoid; for fused "<kind> product", a lone cosine as "(cosine+1)/2 product"), the
+    ``method`` and the ``box`` around the hottest region."""
 
     label: str
     method: str
